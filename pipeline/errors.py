@@ -1,0 +1,25 @@
+"""The pipeline's exceptions: one small hierarchy, messages a user can act on."""
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """Invalid configuration; the message is one line naming the key and the problem."""
+
+
+class InvalidTrade(PipelineError):
+    """A frame or record that is not a valid trade; the message is the reason stored in the DLQ."""
+
+
+class SinkUnavailable(PipelineError):
+    """PostgreSQL cannot take the batch now; the consumer retries without committing offsets."""
+
+
+class KafkaUnavailable(PipelineError):
+    """The Kafka cluster does not answer; producers hold the source back until it does."""
+
+
+class StackError(PipelineError):
+    """The local Kafka/PostgreSQL stack cannot start or stop."""
