@@ -24,7 +24,9 @@ KAFKA_UP = Gauge("pipeline_kafka_up", "1 while the producer reaches Kafka")
 
 RECORDS_CONSUMED = Counter("pipeline_records_consumed_total", "Records read from Kafka")
 ROWS_STORED = Counter(
-    "pipeline_rows_stored_total", "Rows inserted into crypto_prices (duplicates excluded)", ["symbol"]
+    "pipeline_rows_stored_total",
+    "Rows inserted into crypto_prices (duplicates excluded)",
+    ["symbol"],
 )
 ROWS_DUPLICATE = Counter(
     "pipeline_rows_duplicate_total", "Records whose (symbol, trade_id) was already stored"

@@ -48,7 +48,9 @@ class TradeEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    symbol: str = Field(validation_alias=AliasChoices("symbol", "s"), pattern=SYMBOL_PATTERN.pattern)
+    symbol: str = Field(
+        validation_alias=AliasChoices("symbol", "s"), pattern=SYMBOL_PATTERN.pattern
+    )
     trade_id: StrictInt = Field(validation_alias=AliasChoices("trade_id", "t"), ge=0)
     price: DecimalString = Field(validation_alias=AliasChoices("price", "p"))
     quantity: DecimalString = Field(validation_alias=AliasChoices("quantity", "q"))

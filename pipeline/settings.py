@@ -105,14 +105,14 @@ class KafkaSettings(_Section):
 class DatabaseSettings(_Section):
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/crypto"
     pool_size: PositiveInt = 5
-    # Rows per transaction of the sink; larger batches from Kafka are split.
-    max_batch_rows: PositiveInt = 10_000
 
     @field_validator("url")
     @classmethod
     def _asyncpg_url(cls, value: str) -> str:
         if not value.startswith(("postgresql+asyncpg://", "postgresql://", "postgres://")):
-            raise ValueError(f"expected postgresql+asyncpg://user:password@host:port/db, got {value!r}")
+            raise ValueError(
+                f"expected postgresql+asyncpg://user:password@host:port/db, got {value!r}"
+            )
         return value
 
     @property
@@ -144,6 +144,19 @@ class BinanceSettings(_Section):
     backfill_max_age_s: NonNegativeInt = 3_600
     rest_timeout_s: PositiveFloat = 10.0
     verify_symbols: bool = True
+    # REST request weight we allow ourselves per minute (Binance: 6000/IP; historicalTrades
+    # costs 25), and attempts per request on 5xx/429/network errors before giving up.
+    rest_weight_per_minute: PositiveInt = 3_000
+    rest_max_attempts: PositiveInt = 5
+    # A larger WebSocket frame closes that connection (1009) and it reconnects.
+    max_frame_bytes: PositiveInt = 1024 * 1024
+    # Connection attempts per window across all connections (Binance: 300 per 5 min per IP).
+    max_connection_attempts: PositiveInt = 300
+    connection_attempt_window_s: PositiveFloat = 300.0
+    # A connection up this long counts as healthy: the next reconnect starts from the min delay.
+    healthy_after_s: PositiveFloat = 30.0
+    # A long backfill logs its progress every this many REST pages.
+    backfill_progress_pages: PositiveInt = 10
 
     @field_validator("ws_url")
     @classmethod

@@ -1,0 +1,225 @@
+"""TradeConsumer: Kafka → PostgresSink, committing offsets only after the database committed.
+
+The checkpoint order is the whole guarantee: (1) the batch's transaction commits in PostgreSQL,
+(2) then the batch's offsets commit in Kafka. A crash between the two replays the batch, and the
+idempotent sink turns the replay into no new rows. While PostgreSQL is down the batch is retried
+with backoff and nothing is committed. A record that is not a trade goes to the DLQ first, so
+committing past it loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from pipeline import metrics
+from pipeline.errors import InvalidTrade, SinkUnavailable
+from pipeline.models import TradeEvent, trade_from_kafka
+from pipeline.producer import KAFKA_CALL_TIMEOUT_S, build_producer, dead_letter_record
+from pipeline.settings import KafkaSettings
+from pipeline.sink import PostgresSink
+
+logger = logging.getLogger(__name__)
+
+SINK_RETRY_BACKOFF_S = (0.2, 5.0)
+# A rebalance waits this long for the batch in hand to be stored and committed.
+REVOKE_WAIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatus:
+    assigned: list[int]
+    consumed: int
+    stored: int
+    duplicates: int
+    dead_letters: int
+    batches: int
+    sink_up: bool
+    last_error: str | None
+    last_commit_at: float | None
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets a rebalance happen only between batches, after the batch in hand is committed."""
+
+    def __init__(self, batch_lock: asyncio.Lock) -> None:
+        self._batch_lock = batch_lock
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        try:
+            await asyncio.wait_for(self._batch_lock.acquire(), REVOKE_WAIT_S)
+        except TimeoutError:
+            # The batch will be re-read by the next owner; the idempotent sink absorbs it.
+            logger.warning("rebalance did not wait for the batch in hand (database slow or down)")
+            return
+        self._batch_lock.release()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        logger.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+class TradeConsumer:
+    def __init__(self, settings: KafkaSettings, sink: PostgresSink) -> None:
+        self._settings = settings
+        self._sink = sink
+        self._batch_lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dlq: AIOKafkaProducer | None = None
+        self._consumed = 0
+        self._stored = 0
+        self._dead_letters = 0
+        self._batches = 0
+        self._sink_up = True
+        self._last_error: str | None = None
+        self._last_commit_at: float | None = None
+
+    def status(self) -> ConsumerStatus:
+        assigned = (
+            sorted(tp.partition for tp in self._consumer.assignment()) if self._consumer else []
+        )
+        return ConsumerStatus(
+            assigned=assigned,
+            consumed=self._consumed,
+            stored=self._stored,
+            duplicates=self._consumed - self._stored - self._dead_letters,
+            dead_letters=self._dead_letters,
+            batches=self._batches,
+            sink_up=self._sink_up,
+            last_error=self._last_error,
+            last_commit_at=self._last_commit_at,
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled. Cancellation between batches loses nothing."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=f"{self._settings.client_id}-consumer",
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self._batch_lock))
+        await self._start(consumer)
+        self._consumer = consumer
+        try:
+            while True:
+                batches = await consumer.getmany(
+                    timeout_ms=self._settings.consumer_poll_timeout_ms,
+                    max_records=self._settings.consumer_max_records,
+                )
+                if batches:
+                    async with self._batch_lock:
+                        await self._process(consumer, batches)
+        finally:
+            self._consumer = None
+            await self._close(consumer)
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        delay = SINK_RETRY_BACKOFF_S[0]
+        while True:
+            try:
+                await asyncio.wait_for(consumer.start(), KAFKA_CALL_TIMEOUT_S)
+                return
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self._last_error = f"kafka: {type(exc).__name__}: {exc}"
+                logger.warning("consumer cannot reach kafka, retrying: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        events: list[TradeEvent] = []
+        poison: list[tuple[ConsumerRecord, str]] = []
+        for records in batches.values():
+            for record in records:
+                try:
+                    events.append(trade_from_kafka(record.value))
+                except InvalidTrade as exc:
+                    poison.append((record, str(exc)))
+        count = sum(len(records) for records in batches.values())
+        self._consumed += count
+        metrics.RECORDS_CONSUMED.inc(count)
+        if poison:
+            await self._dead_letter(poison)
+        if events:
+            self._stored += await self._store(events)
+        self._batches += 1
+        await self._commit(consumer, batches)
+
+    async def _store(self, events: list[TradeEvent]) -> int:
+        stored = await self._write_with_retry(events)
+        now_ms = time.time() * 1000
+        for event in events:
+            metrics.E2E_LATENCY.observe(max(now_ms - event.trade_time, 0) / 1000)
+        return stored
+
+    async def _write_with_retry(self, chunk: list[TradeEvent]) -> int:
+        delay = SINK_RETRY_BACKOFF_S[0]
+        while True:
+            try:
+                stored = await self._sink.write(chunk)
+            except SinkUnavailable as exc:
+                if self._sink_up:
+                    logger.warning("sink unavailable, retrying without committing: %s", exc)
+                self._sink_up = False
+                self._last_error = str(exc)
+                metrics.SINK_RETRIES.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SINK_RETRY_BACKOFF_S[1])
+                continue
+            if not self._sink_up:
+                logger.info("sink available again")
+            self._sink_up = True
+            return stored
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        assigned = consumer.assignment()
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions: the next owner re-reads the batch; no row is doubled.
+            logger.warning("offset commit refused after rebalance: %s", exc)
+            return
+        self._last_commit_at = time.time()
+
+    async def _dead_letter(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
+        if self._dlq is None:
+            self._dlq = build_producer(self._settings)
+            await asyncio.wait_for(self._dlq.start(), KAFKA_CALL_TIMEOUT_S)
+        for record, reason in poison:
+            topic, value, headers = dead_letter_record(
+                self._settings, record.value or b"", reason, "kafka"
+            )
+            await asyncio.wait_for(
+                self._dlq.send_and_wait(topic, value, key=record.key, headers=headers),
+                KAFKA_CALL_TIMEOUT_S,
+            )
+            metrics.DLQ_PRODUCED.labels("kafka").inc()
+        self._dead_letters += len(poison)
+        logger.warning("sent %d undecodable records to the DLQ", len(poison))
+
+    async def _close(self, consumer: AIOKafkaConsumer) -> None:
+        for client in (consumer, self._dlq):
+            if client is None:
+                continue
+            try:
+                await asyncio.wait_for(client.stop(), KAFKA_CALL_TIMEOUT_S)
+            except (KafkaError, TimeoutError) as exc:
+                logger.warning("kafka client did not stop cleanly: %s", exc)
+        self._dlq = None
