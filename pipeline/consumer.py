@@ -109,9 +109,9 @@ class TradeConsumer:
             fetch_max_bytes=16 * 1024 * 1024,
         )
         consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self._batch_lock))
-        await self._start(consumer)
-        self._consumer = consumer
         try:
+            await self._start(consumer)
+            self._consumer = consumer
             while True:
                 batches = await consumer.getmany(
                     timeout_ms=self._settings.consumer_poll_timeout_ms,

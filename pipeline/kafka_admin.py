@@ -8,13 +8,25 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotCoordinatorError,
+    TopicAlreadyExistsError,
+    for_code,
+)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from pipeline.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 10.0
+_COORDINATOR_NOT_READY = (
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+)
 
 
 def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
@@ -82,17 +94,32 @@ async def consumer_lag(settings: KafkaSettings) -> ConsumerLag:
     )
     await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
     try:
+        described = await asyncio.wait_for(admin.describe_topics([settings.topic]), ADMIN_TIMEOUT_S)
+        partitions = sorted(
+            p["partition"]
+            for topic in described
+            if not topic["error_code"]
+            for p in topic["partitions"]
+        )
         await asyncio.wait_for(reader.start(), ADMIN_TIMEOUT_S)
         try:
-            partitions = sorted(reader.partitions_for_topic(settings.topic) or ())
             tps = [TopicPartition(settings.topic, p) for p in partitions]
             ends = await asyncio.wait_for(reader.end_offsets(tps), ADMIN_TIMEOUT_S)
             begins = await asyncio.wait_for(reader.beginning_offsets(tps), ADMIN_TIMEOUT_S)
         finally:
             await reader.stop()
-        committed = await asyncio.wait_for(
-            admin.list_consumer_group_offsets(settings.group_id, partitions=tps), ADMIN_TIMEOUT_S
-        )
+        # The group coordinator is briefly unknown for a new group or while the broker starts.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_COORDINATOR_NOT_READY),
+            stop=stop_after_delay(ADMIN_TIMEOUT_S),
+            wait=wait_exponential(multiplier=0.1, max=1),
+            reraise=True,
+        ):
+            with attempt:
+                committed = await asyncio.wait_for(
+                    admin.list_consumer_group_offsets(settings.group_id, partitions=tps),
+                    ADMIN_TIMEOUT_S,
+                )
     finally:
         await admin.close()
     rows = []

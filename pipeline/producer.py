@@ -157,8 +157,8 @@ class EventProducer:
     async def run(self) -> None:
         """Connect (retrying while Kafka is down) and send until cancelled; then close, bounded."""
         producer = build_producer(self._settings)
-        await self._start(producer)
         try:
+            await self._start(producer)
             await self._send_forever(producer)
         finally:
             await self._close(producer)

@@ -8,6 +8,8 @@ other's data.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -33,11 +35,15 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(Path(tmp_path_factory.mktemp("pg")), database=TEMPLATE_DB)
+def postgres_server() -> Iterator[LocalPostgres]:
+    # Not under pytest's tmp dir: that is private to root, and PostgreSQL runs unprivileged.
+    workdir = Path(tempfile.mkdtemp(prefix="crypto-pg-"))
+    workdir.chmod(0o755)
+    server = LocalPostgres(workdir, database=TEMPLATE_DB)
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
