@@ -36,7 +36,9 @@ async def simulator() -> AsyncIterator[BinanceSimulator]:
 
 
 @pytest.fixture
-def pipeline_settings(make_settings: Callable[..., Settings], simulator: BinanceSimulator) -> Settings:
+def pipeline_settings(
+    make_settings: Callable[..., Settings], simulator: BinanceSimulator
+) -> Settings:
     return make_settings(
         BINANCE_WS_URL=simulator.ws_url,
         BINANCE_REST_URL=simulator.rest_url,
