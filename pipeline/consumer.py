@@ -98,19 +98,8 @@ class TradeConsumer:
 
     async def run(self) -> None:
         """Consume until cancelled. Cancellation between batches loses nothing."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            client_id=f"{self._settings.client_id}-consumer",
-            group_id=self._settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
-        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self._batch_lock))
+        consumer = await self._start()
         try:
-            await self._start(consumer)
             self._consumer = consumer
             while True:
                 batches = await consumer.getmany(
@@ -124,17 +113,39 @@ class TradeConsumer:
             self._consumer = None
             await self._close(consumer)
 
-    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+    def _build(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=f"{self._settings.client_id}-consumer",
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        consumer.subscribe([self._settings.topic], listener=_CommitOnRevoke(self._batch_lock))
+        return consumer
+
+    async def _start(self) -> AIOKafkaConsumer:
+        # A fresh consumer per attempt: start() also waits for the group's first assignment
+        # (after a crash, up to the dead member's session timeout), and a consumer whose start()
+        # timed out cannot be started again (aiokafka: "Did you call `start` twice?").
         delay = SINK_RETRY_BACKOFF_S[0]
         while True:
+            consumer = self._build()
             try:
                 await asyncio.wait_for(consumer.start(), KAFKA_CALL_TIMEOUT_S)
-                return
+                return consumer
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._last_error = f"kafka: {type(exc).__name__}: {exc}"
                 logger.warning("consumer cannot reach kafka, retrying: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await self._close(consumer)
+            except BaseException:
+                await self._close(consumer)
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _process(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]

@@ -40,8 +40,8 @@ def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
 async def ensure_topics(settings: KafkaSettings) -> list[str]:
     """Create the trade and DLQ topics if missing (the broker never auto-creates); return created."""
     admin = _admin(settings)
-    await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
     try:
+        await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
         existing = set(await admin.list_topics())
         wanted = [settings.topic, settings.dlq_topic]
         missing = [
@@ -85,15 +85,8 @@ async def consumer_lag(settings: KafkaSettings) -> ConsumerLag:
     A partition the group never committed counts its whole log as lag.
     """
     admin = _admin(settings)
-    # Group-less: reading end offsets must not join (and rebalance) the sink's group.
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-lag",
-        enable_auto_commit=False,
-        request_timeout_ms=int(ADMIN_TIMEOUT_S * 1000),
-    )
-    await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
     try:
+        await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
         described = await asyncio.wait_for(admin.describe_topics([settings.topic]), ADMIN_TIMEOUT_S)
         partitions = sorted(
             p["partition"]
@@ -101,8 +94,15 @@ async def consumer_lag(settings: KafkaSettings) -> ConsumerLag:
             if not topic["error_code"]
             for p in topic["partitions"]
         )
-        await asyncio.wait_for(reader.start(), ADMIN_TIMEOUT_S)
+        # Group-less: reading end offsets must not join (and rebalance) the sink's group.
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-lag",
+            enable_auto_commit=False,
+            request_timeout_ms=int(ADMIN_TIMEOUT_S * 1000),
+        )
         try:
+            await asyncio.wait_for(reader.start(), ADMIN_TIMEOUT_S)
             tps = [TopicPartition(settings.topic, p) for p in partitions]
             ends = await asyncio.wait_for(reader.end_offsets(tps), ADMIN_TIMEOUT_S)
             begins = await asyncio.wait_for(reader.beginning_offsets(tps), ADMIN_TIMEOUT_S)

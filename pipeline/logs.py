@@ -5,8 +5,8 @@ goes through one handler on the root logger, rendered by structlog: JSON lines f
 `LOG_FORMAT=json` (log shippers), a readable console format otherwise (local runs).
 
 Quiet by default: INFO carries lifecycle events only (start, stop, reconnects, created topics);
-nothing is logged per message. Chatty libraries are held at WARNING, and uvicorn's access log is
-off unless `LOG_LEVEL=DEBUG`.
+nothing is logged per message. Chatty libraries are held at WARNING (INFO with `LOG_LEVEL=DEBUG`),
+and uvicorn's access log is off unless `LOG_LEVEL=DEBUG`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def configure_logging(settings: Settings | None = None, *, stream: TextIO | None
 
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,
             *_shared_processors(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -95,4 +96,4 @@ def configure_logging(settings: Settings | None = None, *, stream: TextIO | None
     logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if debug else logging.WARNING)
 
     for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)

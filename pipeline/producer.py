@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # Seconds to wait for one aiokafka call while the broker may be gone (aiokafka #1101, #759).
 KAFKA_CALL_TIMEOUT_S = 10.0
 RETRY_BACKOFF_S = (0.2, 5.0)
+# A dead letter's value at most; an input frame may be up to binance.max_frame_bytes (1 MiB).
+DEAD_LETTER_MAX_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,11 @@ def dead_letter_record(
     settings: KafkaSettings, raw: bytes, reason: str, source: str
 ) -> tuple[str, bytes, list[tuple[str, bytes]]]:
     """Topic, value and headers of a DLQ record: the raw input, why it failed, where it came from."""
+    if len(raw) > DEAD_LETTER_MAX_BYTES:
+        # Kafka refuses a record over max_request_size for good, and a refused dead letter
+        # would hold up every record behind it: keep the start of the input, and say so.
+        reason = f"{reason} [first {DEAD_LETTER_MAX_BYTES} of {len(raw)} bytes kept]"
+        raw = raw[:DEAD_LETTER_MAX_BYTES]
     headers = [("error", reason.encode("utf-8", "replace")), ("source", source.encode())]
     return settings.dlq_topic, raw, headers
 
@@ -111,6 +118,10 @@ class EventProducer:
         self._pending: deque[_Record] = deque()
         self._has_pending = asyncio.Event()
         self._unacked = 0
+        # Records inside the current aiokafka producer, by their delivery future.
+        self._in_flight: dict[asyncio.Future[Any], _Record] = {}
+        # A delivery failed: the aiokafka producer must be replaced (see run()).
+        self._broken = False
         self._drained = asyncio.Event()
         self._drained.set()
         self._kafka_up = False
@@ -155,13 +166,23 @@ class EventProducer:
         )
 
     async def run(self) -> None:
-        """Connect (retrying while Kafka is down) and send until cancelled; then close, bounded."""
-        producer = build_producer(self._settings)
-        try:
-            await self._start(producer)
-            await self._send_forever(producer)
-        finally:
-            await self._close(producer)
+        """Connect (retrying while Kafka is down) and send until cancelled; then close, bounded.
+
+        A failed delivery means the aiokafka producer's idempotence state no longer matches the
+        broker's: a batch that expired while its partition had no leader (a broker outage longer
+        than request_timeout_ms) used up sequence numbers, and every later batch would fail with
+        OutOfOrderSequenceNumber, forever (aiokafka #1017). So that producer is replaced by a new
+        one (a new producer id) and everything it held is sent again.
+        """
+        while True:
+            producer = build_producer(self._settings)
+            try:
+                await self._start(producer)
+                await self._send_forever(producer)  # returns when a delivery failed
+            except BaseException:
+                await self._close(producer)
+                raise
+            await self._replace(producer)
 
     async def _start(self, producer: AIOKafkaProducer) -> None:
         delay = RETRY_BACKOFF_S[0]
@@ -177,10 +198,11 @@ class EventProducer:
                 return
 
     async def _send_forever(self, producer: AIOKafkaProducer) -> None:
-        while True:
+        while not self._broken:
             if not self._pending:
                 self._has_pending.clear()
                 await self._has_pending.wait()
+                continue
             metrics.PRODUCER_QUEUE.set(len(self._pending))
             await self._send(producer, self._pending.popleft())
 
@@ -197,19 +219,27 @@ class EventProducer:
             except (KafkaError, TimeoutError) as exc:
                 # The accumulator is full or metadata is unavailable: Kafka is not taking data.
                 self._mark_down(exc)
+                if self._broken:
+                    self._pending.appendleft(record)
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF_S[1])
                 continue
-            future.add_done_callback(lambda done, r=record: self._on_delivery(done, r))
+            self._in_flight[future] = record
+            future.add_done_callback(self._on_delivery)
             return
 
-    def _on_delivery(self, future: asyncio.Future[Any], record: _Record) -> None:
+    def _on_delivery(self, future: asyncio.Future[Any]) -> None:
+        record = self._in_flight.pop(future, None)
+        if record is None:
+            return  # held by a replaced producer: already queued again
         error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
             # Send it again; it keeps its place in the budget until Kafka acknowledges it.
             self._failures += 1
             self._mark_down(error or asyncio.CancelledError())
             self._pending.append(record)
+            self._broken = True
             self._has_pending.set()
             return
         self._mark_up()
@@ -244,6 +274,27 @@ class EventProducer:
         except TimeoutError:
             return False
         return True
+
+    async def _replace(self, producer: AIOKafkaProducer) -> None:
+        """Drop a producer whose deliveries fail; queue what it held again, oldest first."""
+        held = list(self._in_flight.values())
+        self._in_flight.clear()
+        self._pending.extendleft(reversed(held))
+        self._broken = False
+        self._has_pending.set()
+        logger.warning(
+            "replacing the kafka producer after a failed delivery (%s); %d in flight sent again",
+            self._last_error,
+            len(held),
+        )
+        # No flush: its batches would never be delivered. aiokafka's stop() flushes first, so
+        # its sender is stopped and its batches failed beforehand (private API, aiokafka 0.14).
+        sender_task = producer._sender.sender_task if producer._sender is not None else None
+        if sender_task is not None:
+            sender_task.cancel()
+        producer._message_accumulator.fail_all(KafkaError("producer replaced"))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), KAFKA_CALL_TIMEOUT_S)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         # aiokafka's stop() flushes, and can hang while the broker is gone: bound it.

@@ -33,6 +33,9 @@ from pipeline.settings import BinanceSettings, normalize_symbol
 logger = logging.getLogger(__name__)
 
 WS_SOURCE = "ws"
+# A Binance trade frame is ~250 bytes (combined wrapper included); a much larger one is not a
+# trade, whatever fields it also carries: dead-lettered (its trade id is then backfilled).
+MAX_TRADE_FRAME_BYTES = 4096
 
 
 class TradePublisher(Protocol):
@@ -207,6 +210,10 @@ class BinanceSource:
                 return None
         self._received += 1
         self._received_metric.inc()
+        if len(raw) > MAX_TRADE_FRAME_BYTES:
+            reason = f"frame of {len(raw)} bytes, a trade frame has at most {MAX_TRADE_FRAME_BYTES}"
+            await self._reject(raw, reason, counted=True)
+            return None
         try:
             event = trade_from_binance(data, time.time_ns() // 1_000_000)
         except InvalidTrade as exc:
@@ -229,7 +236,14 @@ class BinanceSource:
                 state.last_id = trade_id
                 state.last_time = event.trade_time
             # trade_id <= last: a duplicate or replay; published (the sink dedupes), last stays.
-        await self._publisher.publish(event)
+        try:
+            await self._publisher.publish(event)
+        except asyncio.CancelledError:
+            # The connection closed (watchdog, rotation, shutdown) while backpressure held this
+            # trade: it was never accepted, so the next live trade's gap must include it.
+            if state is not None and state.last_id == event.trade_id:
+                state.last_id = event.trade_id - 1
+            raise
         return None
 
     async def _reject(self, raw: bytes, reason: str, *, counted: bool = False) -> None:
