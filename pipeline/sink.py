@@ -52,10 +52,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# synchronous_commit=off would acknowledge a batch the server can still lose on a crash, after
+# the consumer committed its offsets: the guarantee needs it on. Sent as a startup parameter, not
+# SET: it outranks ALTER DATABASE/ROLE defaults and survives the RESET ALL that asyncpg's pool
+# runs on every release (which silently undid a SET after the first batch).
+_SERVER_SETTINGS = {"synchronous_commit": "on"}
+
+
 async def _prepare_connection(connection: asyncpg.Connection) -> None:
-    # synchronous_commit=off would acknowledge a batch the server can still lose on a crash,
-    # after the consumer committed its offsets: the guarantee needs it on.
-    await connection.execute("SET synchronous_commit = on")
     await connection.execute(_CREATE_STAGING)
 
 
@@ -86,6 +90,7 @@ class PostgresSink:
                     min_size=1,
                     max_size=2,
                     init=_prepare_connection,
+                    server_settings=_SERVER_SETTINGS,
                     command_timeout=60,
                 )
             except _UNAVAILABLE as exc:

@@ -73,6 +73,7 @@ async def test_refused_request_is_logged_with_what_it_asked(
     connection.add(["ethusdt@trade"])
     await connection._send_changes()
     with caplog.at_level(logging.ERROR, logger="pipeline.connection"):
+        caplog.clear()  # only what the reply logs, whatever logging level earlier tests left
         connection._on_reply({"error": {"code": 2, "msg": "Invalid request"}, "id": 1})
     [record] = caplog.records
     assert "id=1 method=SUBSCRIBE streams=ethusdt@trade" in record.getMessage()
@@ -83,5 +84,6 @@ async def test_successful_reply_is_silent(caplog: pytest.LogCaptureFixture) -> N
     connection.add(["ethusdt@trade"])
     await connection._send_changes()
     with caplog.at_level(logging.DEBUG, logger="pipeline.connection"):
+        caplog.clear()  # only what the reply logs, whatever logging level earlier tests left
         connection._on_reply({"result": None, "id": 1})
     assert caplog.records == []
