@@ -189,8 +189,11 @@ class StreamConnection:
             max_queue=RECEIVE_QUEUE_FRAMES,
             open_timeout=OPEN_TIMEOUT_S,
             close_timeout=CLOSE_TIMEOUT_S,
+            # No client pings: under backpressure their pongs queue behind unread frames and
+            # websockets would close a healthy connection (1011 keepalive ping timeout). Binance
+            # pings us (answered automatically); the silence watchdog catches dead connections.
+            ping_interval=None,
         )
-        # Pings stay on (websockets' defaults) and server pings are answered automatically.
         self._ws, self._active, self.url = ws, set(streams), url
         self._changed.set()
         metrics.SOURCE_CONNECTED.inc()

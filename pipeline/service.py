@@ -89,9 +89,14 @@ class Pipeline:
     def _start_consumer_role(self) -> None:
         sink = PostgresSink(self.settings.database)
         consumer = TradeConsumer(self.settings.kafka, sink)
-        self._consumer_role = _ConsumerRole(
-            sink, consumer, SupervisedTask("consumer", consumer.run)
-        )
+
+        async def consume() -> None:
+            # Before subscribing: a consumer subscribed to a topic that does not exist yet is
+            # assigned nothing until its next metadata refresh (minutes).
+            await ensure_topics(self.settings.kafka)
+            await consumer.run()
+
+        self._consumer_role = _ConsumerRole(sink, consumer, SupervisedTask("consumer", consume))
         self._consumer_role.task.start()
 
     async def _ensure_topics_once(self) -> None:
