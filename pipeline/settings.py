@@ -76,7 +76,7 @@ class KafkaSettings(_Section):
     replication_factor: PositiveInt = 1
     group_id: str = Field("crypto-prices-sink", min_length=1)
     client_id: str = Field("crypto-streaming-pipeline", min_length=1)
-    linger_ms: NonNegativeInt = 20
+    linger_ms: NonNegativeInt = 5
     max_batch_size: PositiveInt = 512 * 1024
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     # Events waiting for the producer; when full the source waits (backpressure, bounded memory).
