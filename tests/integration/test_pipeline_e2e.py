@@ -203,3 +203,17 @@ async def test_restart_backfills_trades_that_happened_while_the_service_was_down
         simulator.emit(5, SYMBOLS)
         await settled(pipeline_settings, simulator, SYMBOLS)
         assert pipeline.status()["source"]["trades_backfilled"] >= 3 * 500
+
+
+async def test_whole_market_mode_tracks_every_trading_symbol_the_exchange_lists(
+    make_settings: Callable[..., Settings], simulator: BinanceSimulator
+) -> None:
+    settings = make_settings(
+        BINANCE_WS_URL=simulator.ws_url, BINANCE_REST_URL=simulator.rest_url, SYMBOLS="ALL"
+    )
+    listed = [*SYMBOLS, "ADAUSDT"]
+    async with running_pipeline(settings) as pipeline:
+        await subscribed(simulator, listed)
+        assert await pipeline.registry.symbols() == set(listed)
+        simulator.emit(50, listed)
+        await settled(settings, simulator, listed)
