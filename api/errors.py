@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -39,11 +40,11 @@ def is_database_outage(exc: BaseException) -> bool:
     """Whether `exc` means PostgreSQL is unreachable, rather than a query being wrong."""
     if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
         return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        return any(state[:2] in OUTAGE_SQLSTATE_CLASSES for state in _sqlstates(exc))
-    return False
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg's own errors reach us unwrapped when a new connection is refused (e.g. 57P03 "the
+    # database system is starting up"): the SQLSTATE tells an outage either way.
+    return any(state[:2] in OUTAGE_SQLSTATE_CLASSES for state in _sqlstates(exc))
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -81,6 +82,6 @@ async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED, _method_not_allowed)
-    for outage in (DBAPIError, OSError, TimeoutError):
+    for outage in (DBAPIError, asyncpg.PostgresError, OSError, TimeoutError):
         app.add_exception_handler(outage, _database_error)
     app.add_exception_handler(Exception, _unexpected)

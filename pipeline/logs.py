@@ -39,7 +39,14 @@ def _renderer(log_format: str, stream: TextIO) -> list[Any]:
     if log_format == "json":
         return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     colors = bool(getattr(stream, "isatty", lambda: False)())
-    return [structlog.dev.ConsoleRenderer(colors=colors)]
+    # Plain tracebacks: structlog's default (rich, with every frame's locals) rendered one
+    # database error as 17 000 lines and held the event loop for ~8 s, long enough for the
+    # consumer to drop out of its group.
+    return [
+        structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+    ]
 
 
 def build_handler(log_format: str = "console", stream: TextIO | None = None) -> logging.Handler:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -78,7 +79,9 @@ class SymbolRegistry:
         while True:
             try:
                 latest = await self.symbols()
-            except (OperationalError, DBAPIError, OSError) as exc:
+            # asyncpg.PostgresError: refused new connections arrive unwrapped (57P03 while the
+            # server starts up).
+            except (OperationalError, DBAPIError, OSError, asyncpg.PostgresError) as exc:
                 logger.warning("cannot read tracked symbols, keeping %s: %s", current, exc)
             else:
                 if latest != current:
