@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 READY_TTL_S = 1.0
 READY_TIMEOUT_S = 2.0
 LAG_TIMEOUT_S = 5.0
+# Requests within this many seconds of a measurement share it.
+LAG_REUSE_S = 0.5
 # /metrics refreshes the lag gauge at most this often, and waits for Kafka at most this long.
 METRICS_LAG_MAX_AGE_S = 5.0
 METRICS_LAG_TIMEOUT_S = 2.0
@@ -135,17 +137,29 @@ class LagProbe:
     def __init__(self, kafka: KafkaSettings) -> None:
         self._kafka = kafka
         self._lock = asyncio.Lock()
+        self._measuring = asyncio.Lock()
+        self._last: ConsumerLag | None = None
         self._measured_at = float("-inf")
 
     async def measure(self, timeout_s: float = LAG_TIMEOUT_S) -> ConsumerLag:
-        """Measure now; KafkaUnreachable when Kafka does not answer within `timeout_s`."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                lag = await consumer_lag(self._kafka)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnreachable(f"Kafka unreachable: {_reason(exc)}") from exc
-        finally:
-            self._measured_at = time.monotonic()
+        """Measure (or reuse a measurement under LAG_REUSE_S old); KafkaUnreachable when Kafka
+        does not answer within `timeout_s`.
+
+        Each measurement opens Kafka clients: callers arriving together wait for one and share
+        it, so polling clients cannot starve the pipeline sharing this event loop.
+        """
+        async with self._measuring:
+            if self._last is not None and time.monotonic() - self._measured_at < LAG_REUSE_S:
+                return self._last
+            try:
+                async with asyncio.timeout(timeout_s):
+                    lag = await consumer_lag(self._kafka)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self._last = None
+                raise KafkaUnreachable(f"Kafka unreachable: {_reason(exc)}") from exc
+            finally:
+                self._measured_at = time.monotonic()
+            self._last = lag
         for partition in lag.partitions:
             metrics.CONSUMER_LAG.labels(str(partition.partition)).set(partition.lag)
         return lag

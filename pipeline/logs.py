@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import structlog
@@ -23,6 +24,30 @@ from pipeline.settings import Settings
 QUIET_LIBRARIES = ("aiokafka", "kafka", "websockets", "httpx", "httpcore", "alembic", "asyncio")
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 _HANDLER_MARK = "_crypto_pipeline_handler"
+REPEAT_WINDOW_S = 10.0
+
+
+class ThrottleLibraryRepeats(logging.Filter):
+    """Lets each message template of a library through once per window.
+
+    While the broker is down aiokafka logs thousands of identical errors a second; one line
+    every few seconds says the same. Our own modules count and throttle their own logs.
+    """
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(QUIET_LIBRARIES):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now - self._last.get(key, -self._window_s) < self._window_s:
+            return False
+        self._last[key] = now
+        return True
 
 
 def _shared_processors() -> list[Any]:
@@ -61,6 +86,7 @@ def build_handler(log_format: str = "console", stream: TextIO | None = None) -> 
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(ThrottleLibraryRepeats())
     setattr(handler, _HANDLER_MARK, True)
     return handler
 

@@ -68,3 +68,19 @@ def test_structlog_loggers_render_through_the_same_handler() -> None:
             "timestamp": lines[0]["timestamp"],
         }
     ]
+
+
+def test_a_library_repeating_one_message_is_let_through_once_per_window() -> None:
+    from pipeline.logs import ThrottleLibraryRepeats
+
+    throttle = ThrottleLibraryRepeats(window_s=60)
+
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None, None)
+
+    flood = [
+        throttle.filter(record("aiokafka.producer", "Unable to connect to %s")) for _ in range(1000)
+    ]
+    assert flood.count(True) == 1
+    assert throttle.filter(record("aiokafka.producer", "another message"))
+    assert all(throttle.filter(record("pipeline.producer", "kafka unavailable")) for _ in range(5))
