@@ -22,6 +22,7 @@ from pipeline import migrate
 from pipeline.db import create_engine
 from pipeline.settings import DatabaseSettings, Settings, load_settings
 from pipeline.stack import LocalKafka, LocalPostgres
+from tests.factories import service_env
 
 TEMPLATE_DB = "crypto_template"
 
@@ -85,16 +86,7 @@ def make_settings(
     kafka_broker: LocalKafka, database_url: str, tmp_path: Path
 ) -> Callable[..., Settings]:
     """Settings for this test: real services, a topic and group of its own; env-style overrides."""
-    unique = uuid.uuid4().hex[:10]
-    base = {
-        "SETTINGS_FILE": str(Path(__file__).parent.parent / "config" / "settings.yaml"),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
-        "DATABASE_URL": database_url,
-        "KAFKA_TOPIC": f"trades_{unique}",
-        "KAFKA__GROUP_ID": f"sink_{unique}",
-        "KAFKA__LINGER_MS": "5",
-        "BINANCE__VERIFY_SYMBOLS": "false",
-    }
+    base = service_env(kafka_broker.bootstrap_servers, database_url)
 
     def build(**overrides: str) -> Settings:
         return load_settings({**base, **overrides})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import uuid
 from decimal import Decimal
 
 from pipeline.models import TradeEvent
+from pipeline.settings import PROJECT_ROOT
 
 
 def make_trades(
@@ -35,3 +37,38 @@ def make_trades(
 
 def keys(trades: list[TradeEvent]) -> set[tuple[str, int]]:
     return {(t.symbol, t.trade_id) for t in trades}
+
+
+class CollectingPublisher:
+    """A TradePublisher (the source's output port) that keeps everything it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[TradeEvent] = []
+        self.dead: list[tuple[bytes, str, str]] = []
+
+    async def publish(self, event: TradeEvent) -> None:
+        self.events.append(event)
+
+    async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+        self.dead.append((raw, reason, source))
+
+    def ids(self, symbol: str) -> list[int]:
+        """In arrival order, repeats included."""
+        return [e.trade_id for e in self.events if e.symbol == symbol]
+
+    def unique_ids(self, symbol: str) -> set[int]:
+        return {e.trade_id for e in self.events if e.symbol == symbol}
+
+
+def service_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
+    """The environment of a service under test: these servers, a topic and group of its own."""
+    unique = uuid.uuid4().hex[:10]
+    return {
+        "SETTINGS_FILE": str(PROJECT_ROOT / "config" / "settings.yaml"),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "KAFKA_TOPIC": f"trades_{unique}",
+        "KAFKA__GROUP_ID": f"sink_{unique}",
+        "KAFKA__LINGER_MS": "5",
+        "BINANCE__VERIFY_SYMBOLS": "false",
+    }

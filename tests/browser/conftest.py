@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -25,6 +24,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 
 from pipeline.stack import LocalKafka, free_port
+from tests.factories import service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -193,16 +193,9 @@ def start_service(
     started: list[ChildProcess] = []
 
     def start(**overrides: str) -> str:
-        unique = uuid.uuid4().hex[:10]
         env = {
             **os.environ,
-            "SETTINGS_FILE": str(ROOT / "config" / "settings.yaml"),
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
-            "DATABASE_URL": database_url,
-            "KAFKA_TOPIC": f"trades_{unique}",
-            "KAFKA__GROUP_ID": f"sink_{unique}",
-            "KAFKA__LINGER_MS": "5",
-            "BINANCE__VERIFY_SYMBOLS": "false",
+            **service_env(kafka_broker.bootstrap_servers, database_url),
             "LOG_LEVEL": "WARNING",
             **overrides,
         }

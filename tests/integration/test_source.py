@@ -14,29 +14,12 @@ from typing import Any
 import pytest
 
 from pipeline.exchange import ExchangeClient
-from pipeline.models import TradeEvent
 from pipeline.settings import BinanceSettings
 from pipeline.simulator import BinanceSimulator, SimulatorConfig
 from pipeline.source import BinanceSource
+from tests.factories import CollectingPublisher
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT"]
-
-
-class Collector:
-    """A TradePublisher that keeps everything it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[TradeEvent] = []
-        self.dead: list[tuple[bytes, str, str]] = []
-
-    async def publish(self, event: TradeEvent) -> None:
-        self.events.append(event)
-
-    async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        self.dead.append((raw, reason, source))
-
-    def ids(self, symbol: str) -> set[int]:
-        return {e.trade_id for e in self.events if e.symbol == symbol}
 
 
 class CountingExchange(ExchangeClient):
@@ -54,7 +37,7 @@ class CountingExchange(ExchangeClient):
 @dataclass
 class Running:
     source: BinanceSource
-    publisher: Collector
+    publisher: CollectingPublisher
     exchange: CountingExchange
 
 
@@ -83,7 +66,7 @@ async def running(
     symbols: Iterable[str],
     resume_from: Mapping[str, int] | None = None,
 ) -> AsyncIterator[Running]:
-    publisher = Collector()
+    publisher = CollectingPublisher()
     async with CountingExchange(settings) as exchange:
         source = BinanceSource(settings, publisher, exchange, resume_from=resume_from)
         task = asyncio.create_task(source.run(symbols))
@@ -128,7 +111,7 @@ async def finish_and_settle(simulator: BinanceSimulator, run: Running, symbols: 
     emitted = simulator.trades_emitted()
     await wait_until(
         lambda: (
-            all(max(emitted[s]) in run.publisher.ids(s) for s in symbols)
+            all(max(emitted[s]) in run.publisher.unique_ids(s) for s in symbols)
             and backfill_idle(run.source)
         )
     )
@@ -141,10 +124,10 @@ def expected_since(simulator: BinanceSimulator, symbol: str, first_id: int) -> s
 async def test_trades_of_all_subscribed_symbols_arrive(sim: BinanceSimulator) -> None:
     symbols = SYMBOLS[:3]
     async with running(settings_for(sim), symbols) as run:
-        await wait_until(lambda: all(len(run.publisher.ids(s)) >= 10 for s in symbols))
+        await wait_until(lambda: all(len(run.publisher.unique_ids(s)) >= 10 for s in symbols))
         await finish_and_settle(sim, run, symbols)
         for symbol in symbols:
-            ids = run.publisher.ids(symbol)
+            ids = run.publisher.unique_ids(symbol)
             assert ids == expected_since(sim, symbol, min(ids))
         assert {e.symbol for e in run.publisher.events} == set(symbols)
         status = run.source.status()
@@ -157,24 +140,24 @@ async def test_subscribe_at_runtime_delivers_new_symbol_within_2s(sim: BinanceSi
     async with running(settings_for(sim), ["BTCUSDT"]) as run:
         await wait_until(lambda: connected(run.source))
         await run.source.set_symbols(["BTCUSDT", "ETHUSDT"])
-        took = await wait_until(lambda: bool(run.publisher.ids("ETHUSDT")), timeout=2.0)
+        took = await wait_until(lambda: bool(run.publisher.unique_ids("ETHUSDT")), timeout=2.0)
         assert took < 2.0
         assert sim.connections == 1  # subscribed on the open connection
 
 
 async def test_unsubscribe_stops_symbol(sim: BinanceSimulator) -> None:
     async with running(settings_for(sim), ["BTCUSDT", "ETHUSDT"]) as run:
-        await wait_until(lambda: bool(run.publisher.ids("ETHUSDT")))
+        await wait_until(lambda: bool(run.publisher.unique_ids("ETHUSDT")))
         await run.source.set_symbols(["BTCUSDT"])
         await wait_until(lambda: sim.subscriptions() == [["btcusdt@trade"]], timeout=2.0)
         await asyncio.sleep(0.1)  # frames already in flight
         eth_before, btc_before = (
-            len(run.publisher.ids("ETHUSDT")),
-            len(run.publisher.ids("BTCUSDT")),
+            len(run.publisher.unique_ids("ETHUSDT")),
+            len(run.publisher.unique_ids("BTCUSDT")),
         )
         await asyncio.sleep(0.3)
-        assert len(run.publisher.ids("ETHUSDT")) == eth_before
-        assert len(run.publisher.ids("BTCUSDT")) > btc_before
+        assert len(run.publisher.unique_ids("ETHUSDT")) == eth_before
+        assert len(run.publisher.unique_ids("BTCUSDT")) > btc_before
         assert run.source.symbols == frozenset({"BTCUSDT"})
 
 
@@ -185,7 +168,7 @@ async def test_removing_every_symbol_closes_the_connection(sim: BinanceSimulator
         await wait_until(lambda: sim.connections == 0)
         assert run.source.status().connections == ()
         await run.source.set_symbols(["ETHUSDT"])
-        await wait_until(lambda: bool(run.publisher.ids("ETHUSDT")), timeout=2.0)
+        await wait_until(lambda: bool(run.publisher.unique_ids("ETHUSDT")), timeout=2.0)
 
 
 @pytest.mark.parametrize("abrupt", [False, True], ids=["close-frame", "tcp-reset"])
@@ -194,13 +177,13 @@ async def test_disconnect_gap_is_backfilled_from_rest_without_holes(
 ) -> None:
     symbols = SYMBOLS[:2]
     async with running(settings_for(sim, reconnect_min_s=0.3), symbols) as run:
-        await wait_until(lambda: all(run.publisher.ids(s) for s in symbols))
-        first = {s: min(run.publisher.ids(s)) for s in symbols}
+        await wait_until(lambda: all(run.publisher.unique_ids(s) for s in symbols))
+        first = {s: min(run.publisher.unique_ids(s)) for s in symbols}
         await sim.disconnect_all(abrupt=abrupt)  # ~15 trades per symbol happen while away
         await wait_until(lambda: run.source.status().gaps_found >= len(symbols))
         await finish_and_settle(sim, run, symbols)
         for symbol in symbols:
-            assert run.publisher.ids(symbol) == expected_since(sim, symbol, first[symbol])
+            assert run.publisher.unique_ids(symbol) == expected_since(sim, symbol, first[symbol])
         status = run.source.status()
         assert status.reconnects >= 1
         assert status.trades_backfilled > 0
@@ -210,8 +193,8 @@ async def test_disconnect_gap_is_backfilled_from_rest_without_holes(
 async def test_malformed_frames_go_to_dead_letter_with_reason(sim: BinanceSimulator) -> None:
     symbols = SYMBOLS[:2]
     async with running(settings_for(sim), symbols) as run:
-        await wait_until(lambda: all(run.publisher.ids(s) for s in symbols))
-        first = {s: min(run.publisher.ids(s)) for s in symbols}
+        await wait_until(lambda: all(run.publisher.unique_ids(s) for s in symbols))
+        first = {s: min(run.publisher.unique_ids(s)) for s in symbols}
         sim.config.malformed_ratio = 0.3
         await wait_until(lambda: len(run.publisher.dead) >= 10)
         sim.config.malformed_ratio = 0.0
@@ -220,19 +203,21 @@ async def test_malformed_frames_go_to_dead_letter_with_reason(sim: BinanceSimula
         assert run.source.status().invalid == len(run.publisher.dead)
         # The trades behind the bad frames are still on the exchange: backfill recovers them.
         for symbol in symbols:
-            assert run.publisher.ids(symbol) == expected_since(sim, symbol, first[symbol])
+            assert run.publisher.unique_ids(symbol) == expected_since(sim, symbol, first[symbol])
 
 
 async def test_restart_resumes_from_last_stored_id(sim: BinanceSimulator) -> None:
     settings = settings_for(sim)
     async with running(settings, ["BTCUSDT"]) as first_run:
-        await wait_until(lambda: len(first_run.publisher.ids("BTCUSDT")) >= 5)
-    stored = first_run.publisher.ids("BTCUSDT")
+        await wait_until(lambda: len(first_run.publisher.unique_ids("BTCUSDT")) >= 5)
+    stored = first_run.publisher.unique_ids("BTCUSDT")
     sim.emit(200, ["BTCUSDT"])  # happens while the service is down
     async with running(settings, ["BTCUSDT"], resume_from={"BTCUSDT": max(stored)}) as run:
         await wait_until(lambda: run.source.status().gaps_found >= 1)
         await finish_and_settle(sim, run, ["BTCUSDT"])
-        assert stored | run.publisher.ids("BTCUSDT") == expected_since(sim, "BTCUSDT", min(stored))
+        assert stored | run.publisher.unique_ids("BTCUSDT") == expected_since(
+            sim, "BTCUSDT", min(stored)
+        )
         assert run.source.status().trades_backfilled >= 200
 
 
@@ -247,7 +232,7 @@ async def test_restart_backfill_keeps_only_the_newest_backfill_max_trades(
         await wait_until(lambda: connected(run.source))
         await finish_and_settle(sim, run, ["BTCUSDT"])
         newest = max(sim.trades_emitted()["BTCUSDT"])
-        assert run.publisher.ids("BTCUSDT") == set(range(newest - 100, newest + 1))
+        assert run.publisher.unique_ids("BTCUSDT") == set(range(newest - 100, newest + 1))
         assert run.source.status().trades_skipped == 200
 
 
@@ -259,8 +244,8 @@ async def test_exchange_gap_is_recorded_not_retried_forever() -> None:
     ):
         await wait_until(lambda: connected(run.source))
         simulator.emit(1)
-        await wait_until(lambda: bool(run.publisher.ids("BTCUSDT")))
-        seen = max(run.publisher.ids("BTCUSDT"))
+        await wait_until(lambda: bool(run.publisher.unique_ids("BTCUSDT")))
+        seen = max(run.publisher.unique_ids("BTCUSDT"))
         await simulator.disconnect_all(abrupt=True)
         simulator.emit(100)  # while disconnected; REST keeps only the newest 20
         await wait_until(lambda: run.source.status().reconnects == 1)
@@ -274,7 +259,7 @@ async def test_exchange_gap_is_recorded_not_retried_forever() -> None:
         assert status.exchange_gap_trades == 81  # 100 missed, 19 of them still on REST
         [gap] = status.exchange_gaps
         assert (gap.symbol, gap.first_id, gap.last_id) == ("BTCUSDT", seen + 1, seen + 81)
-        assert run.publisher.ids("BTCUSDT") == set(range(seen, seen + 102)) - set(
+        assert run.publisher.unique_ids("BTCUSDT") == set(range(seen, seen + 102)) - set(
             range(seen + 1, seen + 82)
         )
 
@@ -283,32 +268,32 @@ async def test_symbols_beyond_stream_limit_use_more_connections(sim: BinanceSimu
     settings = settings_for(sim, max_streams_per_connection=2)
     async with running(settings, SYMBOLS[:5]) as run:
         await wait_until(lambda: connected(run.source, 3) and sim.connections == 3)
-        await wait_until(lambda: all(run.publisher.ids(s) for s in SYMBOLS[:5]))
+        await wait_until(lambda: all(run.publisher.unique_ids(s) for s in SYMBOLS[:5]))
         assert sorted(len(streams) for streams in sim.subscriptions()) == [1, 2, 2]
         await run.source.set_symbols(SYMBOLS[:6])  # fills the connection that has room
-        await wait_until(lambda: bool(run.publisher.ids(SYMBOLS[5])), timeout=2.0)
+        await wait_until(lambda: bool(run.publisher.unique_ids(SYMBOLS[5])), timeout=2.0)
         assert sorted(len(streams) for streams in sim.subscriptions()) == [2, 2, 2]
 
 
 async def test_silent_connection_is_reconnected_by_watchdog(sim: BinanceSimulator) -> None:
     async with running(settings_for(sim, silence_timeout_s=0.3), ["BTCUSDT"]) as run:
-        await wait_until(lambda: bool(run.publisher.ids("BTCUSDT")))
+        await wait_until(lambda: bool(run.publisher.unique_ids("BTCUSDT")))
         sim.pause()
         await wait_until(lambda: run.source.status().reconnects >= 1, timeout=3.0)
         sim.resume()
-        before = len(run.publisher.ids("BTCUSDT"))
-        await wait_until(lambda: len(run.publisher.ids("BTCUSDT")) > before + 5)
+        before = len(run.publisher.unique_ids("BTCUSDT"))
+        await wait_until(lambda: len(run.publisher.unique_ids("BTCUSDT")) > before + 5)
 
 
 async def test_old_connection_is_replaced_before_max_age_without_losing_trades(
     sim: BinanceSimulator,
 ) -> None:
     async with running(settings_for(sim, connection_max_age_s=0.5), ["BTCUSDT"]) as run:
-        await wait_until(lambda: bool(run.publisher.ids("BTCUSDT")))
-        first = min(run.publisher.ids("BTCUSDT"))
+        await wait_until(lambda: bool(run.publisher.unique_ids("BTCUSDT")))
+        first = min(run.publisher.unique_ids("BTCUSDT"))
         await asyncio.sleep(1.6)  # about three rotations
         await finish_and_settle(sim, run, ["BTCUSDT"])
-        assert run.publisher.ids("BTCUSDT") == expected_since(sim, "BTCUSDT", first)
+        assert run.publisher.unique_ids("BTCUSDT") == expected_since(sim, "BTCUSDT", first)
         assert run.source.status().reconnects == 0  # rotations are not failures
         assert sim.connections == 1
 
@@ -320,10 +305,10 @@ async def test_frame_above_max_size_costs_a_reconnect_not_the_source(
 
     monkeypatch.setattr(server, "MALFORMED_KINDS", ("oversized",))  # a ~100 kB frame
     async with running(settings_for(sim, max_frame_bytes=20_000), ["BTCUSDT"]) as run:
-        await wait_until(lambda: bool(run.publisher.ids("BTCUSDT")))
-        first = min(run.publisher.ids("BTCUSDT"))
+        await wait_until(lambda: bool(run.publisher.unique_ids("BTCUSDT")))
+        first = min(run.publisher.unique_ids("BTCUSDT"))
         sim.config.malformed_ratio = 1.0
         await wait_until(lambda: run.source.status().reconnects >= 1)
         sim.config.malformed_ratio = 0.0
         await finish_and_settle(sim, run, ["BTCUSDT"])
-        assert run.publisher.ids("BTCUSDT") == expected_since(sim, "BTCUSDT", first)
+        assert run.publisher.unique_ids("BTCUSDT") == expected_since(sim, "BTCUSDT", first)

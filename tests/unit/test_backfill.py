@@ -19,8 +19,8 @@ from pipeline.backfill import (
     merge_gaps,
 )
 from pipeline.exchange import ExchangeClient, ExchangeError, ExchangeUnavailable
-from pipeline.models import TradeEvent
 from pipeline.settings import BinanceSettings
+from tests.factories import CollectingPublisher
 
 NOW = time.time_ns() // 1_000_000
 
@@ -31,18 +31,6 @@ def item(trade_id: int, time_ms: int = NOW) -> dict[str, Any]:
 
 def page(first: int, last: int, requested: int, ids: list[int], cutoff: int = 0) -> backfill.Page:
     return absorb_page("BTCUSDT", first, last, requested, [item(i) for i in ids], cutoff, NOW)
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[TradeEvent] = []
-        self.dead: list[tuple[bytes, str, str]] = []
-
-    async def publish(self, event: TradeEvent) -> None:
-        self.events.append(event)
-
-    async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        self.dead.append((raw, reason, source))
 
 
 class TapeExchange:
@@ -69,8 +57,8 @@ class TapeExchange:
         return [item(next(ids)) for _ in range(limit)]
 
 
-def backfiller(exchange: TapeExchange, **settings: Any) -> tuple[Backfiller, Collector]:
-    publisher = Collector()
+def backfiller(exchange: TapeExchange, **settings: Any) -> tuple[Backfiller, CollectingPublisher]:
+    publisher = CollectingPublisher()
     filler = Backfiller(BinanceSettings(**settings), cast(ExchangeClient, exchange), publisher)
     return filler, publisher
 

@@ -10,26 +10,9 @@ import orjson
 import pytest
 
 from pipeline.exchange import ExchangeClient
-from pipeline.models import TradeEvent
 from pipeline.settings import BinanceSettings
 from pipeline.source import BinanceSource
-
-
-class Collector:
-    """A TradePublisher that keeps everything."""
-
-    def __init__(self) -> None:
-        self.events: list[TradeEvent] = []
-        self.dead: list[tuple[bytes, str, str]] = []
-
-    async def publish(self, event: TradeEvent) -> None:
-        self.events.append(event)
-
-    async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        self.dead.append((raw, reason, source))
-
-    def ids(self, symbol: str) -> list[int]:
-        return [e.trade_id for e in self.events if e.symbol == symbol]
+from tests.factories import CollectingPublisher
 
 
 class FakeExchange:
@@ -82,8 +65,8 @@ def frame(symbol: str, trade_id: int, **changes: Any) -> bytes:
 
 def make_source(
     resume_from: dict[str, int] | None = None, **settings: Any
-) -> tuple[BinanceSource, Collector, FakeExchange]:
-    publisher, exchange = Collector(), FakeExchange()
+) -> tuple[BinanceSource, CollectingPublisher, FakeExchange]:
+    publisher, exchange = CollectingPublisher(), FakeExchange()
     source = BinanceSource(
         BinanceSettings(**settings),
         publisher,
