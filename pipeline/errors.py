@@ -17,9 +17,5 @@ class SinkUnavailable(PipelineError):
     """PostgreSQL cannot take the batch now; the consumer retries without committing offsets."""
 
 
-class KafkaUnavailable(PipelineError):
-    """The Kafka cluster does not answer; producers hold the source back until it does."""
-
-
 class StackError(PipelineError):
     """The local Kafka/PostgreSQL stack cannot start or stop."""
