@@ -6,8 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.settings import PROJECT_ROOT
+
 BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 STACK_ENV_FILE = PROJECT_ROOT / ".stack" / "env"
 

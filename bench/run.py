@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baselines
-from bench.config import PROJECT_ROOT, RESULTS_DIR, BenchConfig
+from bench.config import RESULTS_DIR, BenchConfig
 from bench.feed import Feed, symbols_for
 from bench.phases import LiveSession
 from bench.probe import RowCheck, StoredProbe, wait_lag_zero
@@ -23,7 +23,7 @@ from bench.report import machine_info
 from bench.service import ServiceProcess
 from bench.stack import BenchStack
 from pipeline.kafka_admin import ensure_topics
-from pipeline.settings import KafkaSettings, Settings, load_settings
+from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings, load_settings
 
 log = logging.getLogger("bench")
 

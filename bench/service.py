@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.config import PROJECT_ROOT
+from pipeline.settings import PROJECT_ROOT
 from pipeline.stack import free_port
 
 RSS_INTERVAL_S = 0.1

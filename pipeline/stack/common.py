@@ -9,10 +9,10 @@ from collections import deque
 from pathlib import Path
 
 from pipeline.errors import StackError
+from pipeline.settings import PROJECT_ROOT
 
 log = logging.getLogger("pipeline.stack")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Git-ignored; holds the jar cache, the services' data and `.stack/env`.
 STACK_DIR = PROJECT_ROOT / ".stack"
 LOOPBACK = "127.0.0.1"

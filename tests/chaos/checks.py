@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -26,21 +26,6 @@ from pipeline.simulator import BinanceSimulator
 Key = tuple[str, int]
 DB_TIMEOUT_S = 5.0
 KAFKA_TIMEOUT_S = 10.0
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]],
-    timeout: float,
-    what: str,
-    interval: float = 0.25,
-) -> float:
-    """Poll `condition` until true; the seconds it took. AssertionError naming `what` otherwise."""
-    started = time.monotonic()
-    while not await condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not reached within {timeout:.0f} s")
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
 
 
 class Tape:

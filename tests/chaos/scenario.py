@@ -28,9 +28,10 @@ import httpx
 
 from pipeline.settings import ENV_NAMES, PROJECT_ROOT
 from pipeline.simulator import BinanceSimulator
-from tests.chaos.checks import Store, Tape, read_topic, wait_until
+from tests.chaos.checks import Store, Tape, read_topic
 from tests.chaos.report import Figures, Summary
 from tests.chaos.service import ServiceProcess
+from tests.waiting import wait_until
 
 FULL = os.environ.get("CHAOS_FULL", "") not in ("", "0")
 SEED = int(os.environ.get("CHAOS_SEED", "20251125"))

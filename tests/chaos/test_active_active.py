@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tests.chaos.checks import wait_until
 from tests.chaos.conftest import StartRun
 from tests.chaos.scenario import scale
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.chaos
 

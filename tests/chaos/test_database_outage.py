@@ -14,12 +14,13 @@ import asyncpg
 import pytest
 
 from pipeline.stack import LocalPostgres
-from tests.chaos.checks import committed_offsets, wait_until
+from tests.chaos.checks import committed_offsets
 from tests.chaos.conftest import StartRun
 from tests.chaos.probe import DATABASE_PATHS, ApiProber
 from tests.chaos.proxy import TcpProxy
 from tests.chaos.scenario import ChaosRun, scale
 from tests.chaos.service import ServiceProcess
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.chaos
 

@@ -16,10 +16,10 @@ import yaml
 
 from pipeline.settings import DEFAULT_SETTINGS_FILE
 from pipeline.stack import LocalKafka
-from tests.chaos.checks import wait_until
 from tests.chaos.conftest import StartRun
 from tests.chaos.scenario import ChaosRun, scale
 from tests.chaos.service import ServiceProcess
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.chaos
 

@@ -2,7 +2,8 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,6 +16,7 @@ from pipeline.producer import EventProducer
 from pipeline.settings import Settings
 from pipeline.sink import PostgresSink
 from tests.factories import keys, make_trades
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +32,9 @@ async def stored_keys(settings: Settings) -> list[tuple[str, int]]:
     return [(row["symbol"], row["trade_id"]) for row in rows]
 
 
-async def wait_for(
-    predicate: Callable[[], "asyncio.Future[bool] | object"], timeout: float = 60
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():  # type: ignore[misc]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.2)
-
-
 @contextlib.asynccontextmanager
-async def running(*coroutines: "asyncio.Future[None] | object") -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(c) for c in coroutines]  # type: ignore[arg-type]
+async def running(*coroutines: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(c) for c in coroutines]
     try:
         yield
     finally:
@@ -68,12 +60,12 @@ async def consume_until_stored(settings: Settings, expected: int) -> None:
             async def all_stored() -> bool:
                 return len(await stored_keys(settings)) >= expected
 
-            await wait_for(all_stored)
+            await wait_until(all_stored, 60, "every record stored")
 
             async def lag_is_zero() -> bool:
                 return (await consumer_lag(settings.kafka)).total_lag == 0
 
-            await wait_for(lag_is_zero)
+            await wait_until(lag_is_zero, 60, "consumer lag 0")
     finally:
         await sink.close()
 

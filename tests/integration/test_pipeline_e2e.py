@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import asyncpg
@@ -22,6 +22,7 @@ from pipeline.kafka_admin import consumer_lag
 from pipeline.service import Pipeline
 from pipeline.settings import Settings
 from pipeline.simulator import BinanceSimulator, SimulatorConfig
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +62,6 @@ async def running_pipeline(settings: Settings) -> AsyncIterator[Pipeline]:
         await engine.dispose()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{check.__name__} did not hold within {timeout} s")
-        await asyncio.sleep(0.1)
-
-
 async def stored(settings: Settings) -> dict[str, set[int]]:
     connection = await asyncpg.connect(settings.database.asyncpg_dsn)
     try:
@@ -91,7 +84,7 @@ async def subscribed(simulator: BinanceSimulator, symbols: list[str]) -> None:
         streams = {stream for connection in simulator.subscriptions() for stream in connection}
         return streams == {f"{s.lower()}@trade" for s in symbols}
 
-    await eventually(all_streams_open, timeout=10)
+    await wait_until(all_streams_open, 10, "all_streams_open")
 
 
 async def settled(settings: Settings, simulator: BinanceSimulator, symbols: list[str]) -> None:
@@ -105,8 +98,8 @@ async def settled(settings: Settings, simulator: BinanceSimulator, symbols: list
     async def no_lag() -> bool:
         return (await consumer_lag(settings.kafka)).total_lag == 0
 
-    await eventually(table_matches_tape)
-    await eventually(no_lag, timeout=30)
+    await wait_until(table_matches_tape, 60, "table_matches_tape")
+    await wait_until(no_lag, 30, "no_lag")
 
 
 async def test_trades_from_the_exchange_are_stored_exactly_once_with_exact_prices(
@@ -157,7 +150,7 @@ async def test_disconnect_in_the_middle_is_backfilled_without_a_hole(
         async def reconnected() -> bool:
             return pipeline.status()["source"]["reconnects"] >= 1 and simulator.connections == 1
 
-        await eventually(reconnected, timeout=10)
+        await wait_until(reconnected, 10, "reconnected")
         await subscribed(simulator, SYMBOLS)
         simulator.emit(50, SYMBOLS)  # reveals the gap
         await settled(pipeline_settings, simulator, SYMBOLS)

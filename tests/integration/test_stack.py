@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from pipeline.settings import PROJECT_ROOT
 from pipeline.stack import (
     DEFAULT_JARS_DIR,
     LocalKafka,
@@ -30,7 +31,6 @@ from pipeline.stack import (
     free_port,
     wait_kafka_ready,
 )
-from pipeline.stack.common import PROJECT_ROOT
 from pipeline.stack.jars import REQUIRED_JARS, java_executable
 
 pytestmark = pytest.mark.integration
