@@ -141,7 +141,8 @@ class Run:
     async def baselines(
         self, e2e_database: str, e2e: dict[str, Any], settings: Settings
     ) -> dict[str, Any]:
-        """Per-row, COPY and sink rates on the rows of the fresh E2E flood."""
+        """Per-row, COPY and sink rates on the rows of the fresh E2E flood (definitions in
+        bench/baselines.py: the headline figures are `per_row` and `copy`)."""
         stack, config = self.stack, self.config
         ranges = {s: (e2e["first_ids"][s], e2e["last_ids"][s]) for s in e2e["last_ids"]}
         rows = await baselines.fetch_rows(stack.dsn_for(e2e_database), ranges)
@@ -149,25 +150,55 @@ class Run:
             self.failures.append(
                 f"baselines: {len(rows)} rows of the E2E flood, {e2e['trades']} sent"
             )
+        events = baselines.to_events(rows)
+        batch = settings.kafka.consumer_max_records
         sample = rows[: config.per_row_sample]
         log.info("[baselines] one INSERT + COMMIT per message: %d rows", len(sample))
         per_row = await baselines.per_row(
             stack.dsn_for(await stack.fresh_database("per_row")), sample
         )
-        log.info("  %.0f rows/s", per_row.per_s)
-        copy_db = stack.dsn_for(await stack.fresh_database("copy"))
-        log.info("[baselines] raw COPY into the empty table: %d rows", len(rows))
-        copy = await baselines.raw_copy(copy_db, rows)
-        bare = await baselines.raw_copy(copy_db, rows, bare=True)
-        log.info("  %.0f rows/s (without indexes %.0f rows/s)", copy.per_s, bare.per_s)
-        batch = settings.kafka.consumer_max_records
+        per_row_autocommit = await baselines.per_row_autocommit(
+            stack.dsn_for(await stack.fresh_database("per_row_autocommit")), sample
+        )
+        log.info(
+            "  %.0f rows/s (autocommit, one round trip per row: %.0f rows/s)",
+            per_row.per_s, per_row_autocommit.per_s,
+        )  # fmt: skip
+        # The two figures of the sink ÷ COPY target, one right after the other.
+        log.info("[baselines] raw COPY, batches of %d, one txn each: %d rows", batch, len(rows))
+        copy = await baselines.copy_batches(
+            stack.dsn_for(await stack.fresh_database("copy")), events, batch
+        )
+        log.info("  %.0f rows/s", copy.per_s)
         log.info("[baselines] PostgresSink.write, batches of %d: %d rows", batch, len(rows))
-        sink = await baselines.sink(stack.url_for(await stack.fresh_database("sink")), rows, batch)
+        sink = await baselines.sink(
+            stack.url_for(await stack.fresh_database("sink")), events, batch
+        )
         log.info("  %.0f rows/s", sink.per_s)
+        log.info("[baselines] raw COPY of all rows in one COPY: %d rows", len(rows))
+        one_shot_db = stack.dsn_for(await stack.fresh_database("copy_one_shot"))
+        one_shot = await baselines.raw_copy(one_shot_db, rows)
+        bare = await baselines.raw_copy(one_shot_db, rows, bare=True)
+        log.info("  %.0f rows/s (without indexes %.0f rows/s)", one_shot.per_s, bare.per_s)
         return {
-            "per_row": per_row.as_dict(),
-            "copy": copy.as_dict(),
-            "copy_no_indexes": bare.as_dict(),
+            "per_row": {**per_row.as_dict(), "method": "BEGIN; INSERT; COMMIT per message"},
+            "per_row_autocommit": {
+                **per_row_autocommit.as_dict(),
+                "method": "autocommit INSERT per message, prepared, 1 round trip",
+            },
+            "copy": {
+                **copy.as_dict(),
+                "batch_size": batch,
+                "method": "COPY per batch of the sink's size, one txn each, rows built inside",
+            },
+            "copy_one_shot": {
+                **one_shot.as_dict(),
+                "method": "one COPY of all rows in one txn, pre-built tuples",
+            },
+            "copy_one_shot_no_indexes": {
+                **bare.as_dict(),
+                "method": "one COPY of all rows in one txn, table without primary key or index",
+            },
             "sink": {**sink.as_dict(), "batch_size": batch},
         }
 

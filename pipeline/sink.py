@@ -1,17 +1,32 @@
 """PostgresSink: one transaction per batch, bulk and idempotent.
 
-A batch is deduplicated in memory, COPYed into a per-connection temporary table and moved into
-`crypto_prices` with `INSERT … SELECT … ON CONFLICT (symbol, trade_id) DO NOTHING` — the fastest
-idempotent path measured in perf.md (COPY about 1.4x unnest, 40x a row per transaction).
-Replays and duplicates therefore add no row, and a batch is either stored whole or not at all.
+A batch is deduplicated in memory (duplicates inside a batch never reach the database), then
+stored in one transaction by one of two paths:
+
+* fast path (the normal case: every row is new): inside the transaction, a SAVEPOINT, then the
+  batch is COPYed straight into `crypto_prices`. The primary key rejects the whole COPY if any
+  row is already stored; nothing else can fail it, so on success every row was new and the
+  per-symbol counts come from the batch itself.
+* staging path (a replay, or duplicates across batches): on `UniqueViolationError` the
+  transaction rolls back to the savepoint; the batch is COPYed into a per-connection temporary
+  table and moved with `INSERT … SELECT … ON CONFLICT (symbol, trade_id) DO NOTHING RETURNING`,
+  which counts exactly the rows that were new, per symbol.
+
+Either way a batch is stored whole or not at all, and a replay adds no row. Measured side by
+side on 200k fresh rows in batches of 5,000: the fast path runs at 0.90 to 0.98x a plain COPY
+of the same batches (one transaction each), the staging path at 0.63 to 0.73x (itself ~1.4x
+`unnest` and ~40x a row per transaction, perf.md). The SAVEPOINT costs one round trip each way
+per batch (~40 µs). Which path a batch takes is decided by `_PathChooser`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from operator import itemgetter
 
 import asyncpg
 
@@ -23,21 +38,30 @@ from pipeline.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
 
+TABLE = "crypto_prices"
 STAGING_TABLE = "crypto_prices_staging"
 _COLUMNS = ", ".join(CRYPTO_PRICES_COLUMNS)
 _CREATE_STAGING = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} "
-    "(LIKE crypto_prices INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    f"(LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _MOVE_STAGED = f"""
 WITH stored AS (
-    INSERT INTO crypto_prices ({_COLUMNS})
+    INSERT INTO {TABLE} ({_COLUMNS})
     SELECT {_COLUMNS} FROM {STAGING_TABLE}
     ON CONFLICT (symbol, trade_id) DO NOTHING
     RETURNING symbol
 )
 SELECT symbol, count(*) FROM stored GROUP BY symbol
 """
+
+Row = tuple[str, int, Decimal, Decimal, int, int, bool, int]
+# A validated TradeEvent's __dict__ holds its fields in declaration order, which is the column
+# order of `crypto_prices`: `tuple(vars(event).values())` is its row in half the time of
+# `as_row()`'s method call and eight attribute loads (dedupe + rows per event: 0.49 → 0.31 µs,
+# 5,000-event batches). Should the two orders ever differ, `as_row()` is used.
+_FIELDS_ARE_COLUMNS = tuple(TradeEvent.model_fields) == CRYPTO_PRICES_COLUMNS
+_symbol_of = itemgetter(0)
 
 # Errors that mean "the database is not there right now", as opposed to a bug in our SQL.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -75,12 +99,70 @@ def dedupe(events: Sequence[TradeEvent]) -> list[TradeEvent]:
     return unique
 
 
+def unique_rows(events: Iterable[TradeEvent]) -> list[Row]:
+    """The row of the first event of each (symbol, trade_id), in arrival order: `dedupe` and
+    `as_row` in one pass."""
+    if not _FIELDS_ARE_COLUMNS:
+        return [event.as_row() for event in dedupe(list(events))]
+    seen: set[tuple[str, int]] = set()
+    rows: list[Row] = []
+    for event in events:
+        key = (event.symbol, event.trade_id)
+        if key not in seen:
+            seen.add(key)
+            rows.append(tuple(vars(event).values()))
+    return rows
+
+
+class _PathChooser:
+    """Whether the next batch tries the fast path.
+
+    A conflicting fast attempt is not free: asyncpg encodes and sends the whole batch before the
+    server reports the violation, and then it is rolled back, before the staging path runs. On
+    a replay of a whole topic every batch conflicts: measured on 200k stored rows in batches of
+    5,000, trying the fast path first in every batch ran at 0.63 to 0.68x the rate of the staging
+    path alone (client CPU 3.7 → 6.3 µs/row), this rule at 0.94 to 1.00x. A batch sent to the
+    staging path needlessly costs less (~1.4x a fast batch, no wasted COPY). Hence:
+
+    * a batch goes to staging while the previous batch had conflicts (known exactly from the
+      staging path's count), so a long replay pays one failed attempt at its start and one
+      staging batch after its end; no window size to tune;
+    * on top, each failed attempt since the last successful one doubles the batches kept on the
+      staging path afterwards (up to `MAX_BACKOFF`), so batches that alternate between fresh
+      and replayed rows cannot make every other batch a failed attempt.
+    """
+
+    MAX_BACKOFF = 64
+
+    def __init__(self) -> None:
+        self._staging_left = 0  # batches still to take the staging path
+        self._backoff = 1  # staging batches after the next failed attempt
+
+    def try_fast(self) -> bool:
+        if self._staging_left == 0:
+            return True
+        self._staging_left -= 1
+        return False
+
+    def fast_stored(self) -> None:
+        self._backoff = 1
+
+    def fast_conflicted(self) -> None:
+        self._staging_left = self._backoff
+        self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
+
+    def staging_stored(self, conflicts: bool) -> None:
+        if conflicts:
+            self._staging_left = max(self._staging_left, 1)
+
+
 class PostgresSink:
     """`write(events)` stores a batch in one transaction and returns the rows that were new."""
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
+        self._chooser = _PathChooser()
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -99,30 +181,57 @@ class PostgresSink:
 
     async def write(self, events: Sequence[TradeEvent]) -> int:
         """Store the batch atomically; raise SinkUnavailable (nothing stored) when the DB is down."""
-        unique = dedupe(events)
-        if not unique:
+        rows = unique_rows(events)
+        if not rows:
             return 0
         pool = await self._get_pool()
         started = time.perf_counter()
         try:
             async with pool.acquire() as connection, connection.transaction():
-                await connection.copy_records_to_table(
-                    STAGING_TABLE,
-                    records=[event.as_row() for event in unique],
-                    columns=CRYPTO_PRICES_COLUMNS,
-                )
-                stored_by_symbol: list[Any] = await connection.fetch(_MOVE_STAGED)
+                stored_by_symbol = None
+                if self._chooser.try_fast():
+                    stored_by_symbol = await self._fast(connection, rows)
+                if stored_by_symbol is None:
+                    stored_by_symbol = await self._staged(connection, rows)
         except _UNAVAILABLE as exc:
             raise SinkUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
+        # Only now is the batch committed: the counters never count a rolled-back row.
         elapsed = time.perf_counter() - started
         stored = 0
         for symbol, count in stored_by_symbol:
             metrics.ROWS_STORED.labels(symbol).inc(count)
             stored += count
         metrics.ROWS_DUPLICATE.inc(len(events) - stored)
-        metrics.SINK_BATCH_SIZE.observe(len(unique))
+        metrics.SINK_BATCH_SIZE.observe(len(rows))
         metrics.SINK_LATENCY.observe(elapsed)
         return stored
+
+    async def _fast(
+        self, connection: asyncpg.Connection, rows: list[Row]
+    ) -> list[tuple[str, int]] | None:
+        """COPY straight into the table under a savepoint; None (rolled back) on a conflict."""
+        try:
+            async with connection.transaction():  # nested: SAVEPOINT … RELEASE / ROLLBACK TO
+                await connection.copy_records_to_table(
+                    TABLE, records=rows, columns=CRYPTO_PRICES_COLUMNS
+                )
+        except asyncpg.UniqueViolationError:
+            self._chooser.fast_conflicted()
+            logger.debug("batch of %d rows has stored ones: staging path", len(rows))
+            return None
+        self._chooser.fast_stored()
+        return list(Counter(map(_symbol_of, rows)).items())
+
+    async def _staged(
+        self, connection: asyncpg.Connection, rows: list[Row]
+    ) -> list[tuple[str, int]]:
+        """COPY into the staging table, move what is new; the count per symbol of those rows."""
+        await connection.copy_records_to_table(
+            STAGING_TABLE, records=rows, columns=CRYPTO_PRICES_COLUMNS
+        )
+        stored_by_symbol = [(r[0], r[1]) for r in await connection.fetch(_MOVE_STAGED)]
+        self._chooser.staging_stored(sum(count for _, count in stored_by_symbol) < len(rows))
+        return stored_by_symbol
 
     async def close(self) -> None:
         if self._pool is not None:
