@@ -2,20 +2,23 @@
 
 Resources live in the lifespan state (`AppState`, yielded by api.main's lifespan); Starlette
 copies it into every request's `request.state`.
+
+The getters are `async def` although they do not await: FastAPI runs a plain `def` dependency
+in the thread pool, a thread hop per request for a dict lookup.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, TypedDict, cast
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.probes import LagProbe, ReadinessProbe
+from api.reads import PriceReads
 from pipeline.exchange import ExchangeClient
 from pipeline.registry import SymbolRegistry
-from pipeline.service import Pipeline
+from pipeline.service import PipelineControl
 from pipeline.settings import Settings
 
 
@@ -23,52 +26,57 @@ class AppState(TypedDict):
     settings: Settings
     engine: AsyncEngine
     exchange: ExchangeClient
-    pipeline: Pipeline
+    pipeline: PipelineControl
     readiness: ReadinessProbe
     lag: LagProbe
+    reads: PriceReads
 
 
 def _state(request: Request) -> AppState:
     return cast(AppState, request.scope["state"])
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return _state(request)["settings"]
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     return _state(request)["engine"]
 
 
-async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    async with _state(request)["engine"].connect() as connection:
-        yield connection
+def reads_of(request: Request) -> PriceReads:
+    """For the hottest route only, which takes `request` to skip dependency resolution."""
+    return _state(request)["reads"]
 
 
-def get_pipeline(request: Request) -> Pipeline:
+async def get_reads(request: Request) -> PriceReads:
+    return reads_of(request)
+
+
+async def get_pipeline(request: Request) -> PipelineControl:
     return _state(request)["pipeline"]
 
 
-def get_registry(request: Request) -> SymbolRegistry:
+async def get_registry(request: Request) -> SymbolRegistry:
     return _state(request)["pipeline"].registry
 
 
-def get_exchange(request: Request) -> ExchangeClient:
+async def get_exchange(request: Request) -> ExchangeClient:
     return _state(request)["exchange"]
 
 
-def get_readiness(request: Request) -> ReadinessProbe:
+async def get_readiness(request: Request) -> ReadinessProbe:
     return _state(request)["readiness"]
 
 
-def get_lag(request: Request) -> LagProbe:
+async def get_lag(request: Request) -> LagProbe:
     return _state(request)["lag"]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-ConnectionDep = Annotated[AsyncConnection, Depends(get_connection)]
-PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+ReadsDep = Annotated[PriceReads, Depends(get_reads)]
+PipelineDep = Annotated[PipelineControl, Depends(get_pipeline)]
 RegistryDep = Annotated[SymbolRegistry, Depends(get_registry)]
 ExchangeDep = Annotated[ExchangeClient, Depends(get_exchange)]
 ReadinessDep = Annotated[ReadinessProbe, Depends(get_readiness)]

@@ -29,13 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AppState
 from api.errors import install_error_handlers, is_database_outage
 from api.probes import LagProbe, ReadinessProbe
+from api.reads import PriceReads
 from api.routes import api_router
 from pipeline import migrate
 from pipeline.db import create_engine
 from pipeline.errors import ConfigError
 from pipeline.exchange import ExchangeClient
 from pipeline.logs import configure_logging
-from pipeline.service import Pipeline
+from pipeline.processes import ProcessPipeline
+from pipeline.service import Pipeline, PipelineControl
 from pipeline.settings import ApiSettings, Settings, load_settings
 
 logger = logging.getLogger("api")
@@ -117,7 +119,7 @@ async def _check_durability(engine: AsyncEngine) -> None:
         )
 
 
-async def _stop_pipeline(pipeline: Pipeline, timeout_s: float) -> None:
+async def _stop_pipeline(pipeline: PipelineControl, timeout_s: float) -> None:
     try:
         async with asyncio.timeout(timeout_s + SHUTDOWN_GRACE_S):
             await pipeline.stop()
@@ -147,9 +149,15 @@ def _lifespan(
                 logger.error("%s", exc)
                 raise
             await _check_durability(engine)
+            reads = await PriceReads.open(settings.database)
+            stack.push_async_callback(reads.close)
             exchange = ExchangeClient(settings.binance)
             stack.push_async_callback(exchange.close)
-            pipeline = Pipeline(settings, engine, exchange)
+            pipeline: PipelineControl = (
+                ProcessPipeline(settings, engine)
+                if settings.isolation == "process"
+                else Pipeline(settings, engine, exchange)
+            )
             stack.push_async_callback(_stop_pipeline, pipeline, settings.shutdown_timeout_s)
             await pipeline.start()
             state = AppState(
@@ -159,6 +167,7 @@ def _lifespan(
                 pipeline=pipeline,
                 readiness=ReadinessProbe(engine, settings.kafka, pipeline, migrate.head_revision()),
                 lag=LagProbe(settings.kafka),
+                reads=reads,
             )
             logger.info(
                 "service started in %.1f s roles=%s auth=%s",

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.schemas import CheckOut, ReadinessOut
 from pipeline import metrics, migrate
 from pipeline.kafka_admin import ConsumerLag, consumer_lag
-from pipeline.service import Pipeline
+from pipeline.service import PipelineControl
 from pipeline.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ReadinessProbe:
         self,
         engine: AsyncEngine,
         kafka: KafkaSettings,
-        pipeline: Pipeline,
+        pipeline: PipelineControl,
         head: str | None,
         ttl_s: float = READY_TTL_S,
         timeout_s: float = READY_TIMEOUT_S,

@@ -1,9 +1,14 @@
-"""The read queries behind /prices, and the opaque history cursor.
+"""The read queries behind /prices (plain SQL for asyncpg), and the opaque history cursor.
 
 Every query reads one symbol newest-first, so each one is a range scan of the
 (symbol, trade_time DESC) index; ties on trade_time are ordered by trade_id, which makes the
 order total (pagination neither skips nor repeats a row). Decimals are cast to text in SQL, so
 the API returns exactly the stored digits.
+
+The statements are fixed strings with `$n` parameters: asyncpg prepares each one once per
+connection and reuses it (its statement cache), so a read costs no SQL building or compiling.
+Selected columns are named and ordered as the response models' fields (api.schemas), which is
+what lets api.reads encode rows to JSON directly; a test holds the two together.
 """
 
 from __future__ import annotations
@@ -12,36 +17,14 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from sqlalchemy import (
-    BigInteger,
-    Select,
-    Text,
-    TextClause,
-    and_,
-    bindparam,
-    cast,
-    or_,
-    select,
-    text,
-    true,
-)
-from sqlalchemy.sql.elements import ColumnElement
-
 from api.schemas import MAX_EPOCH_MS, MAX_TRADE_ID
-from pipeline.db import crypto_prices, tracked_symbols
 
-_c = crypto_prices.c
+# TradeOut's fields, in its order.
 TRADE_COLUMNS = (
-    _c.symbol,
-    _c.trade_id,
-    cast(_c.price, Text).label("price"),
-    cast(_c.quantity, Text).label("quantity"),
-    _c.is_buyer_maker,
-    _c.event_time,
-    _c.trade_time,
-    _c.processed_at,
+    "symbol, trade_id, price::text AS price, quantity::text AS quantity, is_buyer_maker, "
+    "event_time, trade_time, processed_at"
 )
-NEWEST_FIRST = (_c.trade_time.desc(), _c.trade_id.desc())
+NEWEST_FIRST = "trade_time DESC, trade_id DESC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,57 +58,74 @@ class Cursor:
         return cursor
 
 
-def latest_trade(symbol: str) -> Select[tuple[object, ...]]:
-    return select(*TRADE_COLUMNS).where(_c.symbol == symbol).order_by(*NEWEST_FIRST).limit(1)
+# $1 symbol
+LATEST_TRADE = (
+    f"SELECT {TRADE_COLUMNS} FROM crypto_prices WHERE symbol = $1 ORDER BY {NEWEST_FIRST} LIMIT 1"
+)
 
+# The newest trade of each tracked symbol: one index probe per symbol (LATERAL).
+LATEST_TRADES = f"""
+    SELECT newest.*
+    FROM tracked_symbols AS tracked
+    CROSS JOIN LATERAL (
+        SELECT {TRADE_COLUMNS}
+        FROM crypto_prices
+        WHERE crypto_prices.symbol = tracked.symbol
+        ORDER BY {NEWEST_FIRST}
+        LIMIT 1
+    ) AS newest
+    ORDER BY tracked.symbol
+"""
 
-def latest_trades() -> Select[tuple[object, ...]]:
-    """The newest trade of each tracked symbol: one index probe per symbol (LATERAL)."""
-    newest = (
-        select(*TRADE_COLUMNS)
-        .where(_c.symbol == tracked_symbols.c.symbol)
-        .order_by(*NEWEST_FIRST)
-        .limit(1)
-        .lateral("newest")
-    )
-    return (
-        select(newest)
-        .select_from(tracked_symbols.join(newest, true()))
-        .order_by(tracked_symbols.c.symbol)
-    )
+# $1 symbol
+IS_TRACKED = "SELECT EXISTS (SELECT 1 FROM tracked_symbols WHERE symbol = $1)"
+
+# $1 symbol
+NEWEST_TRADE_TIME = (
+    f"SELECT trade_time FROM crypto_prices WHERE symbol = $1 ORDER BY {NEWEST_FIRST} LIMIT 1"
+)
 
 
 def history(
     symbol: str, start: int | None, end: int | None, after: Cursor | None, limit: int
-) -> Select[tuple[object, ...]]:
-    """Trades in [start, end], newest first, older than `after`; `limit` rows."""
-    conditions: list[ColumnElement[bool]] = [_c.symbol == symbol]
+) -> tuple[str, list[object]]:
+    """Trades in [start, end], newest first, older than `after`; `limit` rows.
+
+    The SQL and its arguments; each combination of given bounds is its own (cached) statement,
+    so every bound that is present can narrow the index range.
+    """
+    args: list[object] = [symbol]
+
+    def arg(value: int) -> str:
+        args.append(value)
+        return f"${len(args)}::bigint"
+
+    conditions = ["symbol = $1"]
     if start is not None:
-        conditions.append(_c.trade_time >= start)
+        conditions.append(f"trade_time >= {arg(start)}")
     if end is not None:
-        conditions.append(_c.trade_time <= end)
+        conditions.append(f"trade_time <= {arg(end)}")
     if after is not None:
         # The plain bound is what the index range uses; the OR breaks ties on trade_time.
-        conditions.append(_c.trade_time <= after.trade_time)
+        time, trade_id = arg(after.trade_time), arg(after.trade_id)
+        conditions.append(f"trade_time <= {time}")
         conditions.append(
-            or_(
-                _c.trade_time < after.trade_time,
-                and_(_c.trade_time == after.trade_time, _c.trade_id < after.trade_id),
-            )
+            f"(trade_time < {time} OR (trade_time = {time} AND trade_id < {trade_id}))"
         )
-    return select(*TRADE_COLUMNS).where(*conditions).order_by(*NEWEST_FIRST).limit(limit)
+    sql = (
+        f"SELECT {TRADE_COLUMNS} FROM crypto_prices WHERE {' AND '.join(conditions)} "
+        f"ORDER BY {NEWEST_FIRST} LIMIT {arg(limit)}"
+    )
+    return sql, args
 
 
-def newest_trade_time(symbol: str) -> Select[tuple[int]]:
-    return select(_c.trade_time).where(_c.symbol == symbol).order_by(*NEWEST_FIRST).limit(1)
-
-
-# open/close: the price of the first/last trade in the bucket, as min/max over
+# OHLCV per interval for trades in [start, end], newest bucket first; CandleOut's fields, in
+# its order. open/close: the price of the first/last trade in the bucket, as min/max over
 # [trade_time, trade_id, price] arrays — streaming aggregates, no per-bucket sort or array_agg.
-CANDLES = text(
-    """
+# $1 symbol, $2 interval_ms, $3 start, $4 end, $5 limit
+CANDLES = """
     SELECT bucket AS open_time,
-           bucket + :interval_ms - 1 AS close_time,
+           bucket + $2::bigint - 1 AS close_time,
            ((min(ARRAY[trade_time, trade_id, price]))[3])::text AS open,
            max(price)::text AS high,
            min(price)::text AS low,
@@ -133,27 +133,15 @@ CANDLES = text(
            sum(quantity)::text AS volume,
            count(*) AS trades
     FROM (
-        SELECT trade_time - trade_time % :interval_ms AS bucket,
+        SELECT trade_time - trade_time % $2::bigint AS bucket,
                trade_time, trade_id, price, quantity
         FROM crypto_prices
-        WHERE symbol = :symbol AND trade_time >= :start AND trade_time <= :end
+        WHERE symbol = $1 AND trade_time >= $3::bigint AND trade_time <= $4::bigint
     ) AS trades
     GROUP BY bucket
     ORDER BY bucket DESC
-    LIMIT :limit
-    """
-)
-
-
-def candles(symbol: str, interval_ms: int, start: int, end: int, limit: int) -> TextClause:
-    """OHLCV per interval for trades in [start, end], newest bucket first."""
-    return CANDLES.bindparams(
-        bindparam("symbol", symbol, type_=Text),
-        bindparam("interval_ms", interval_ms, type_=BigInteger),
-        bindparam("start", start, type_=BigInteger),
-        bindparam("end", end, type_=BigInteger),
-        bindparam("limit", limit, type_=BigInteger),
-    )
+    LIMIT $5::bigint
+"""
 
 
 def bucket_start(epoch_ms: int, interval_ms: int) -> int:

@@ -6,7 +6,12 @@ never logged per message.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 TRADES_RECEIVED = Counter(
     "pipeline_trades_received_total", "Frames received from the exchange", ["source"]
@@ -59,3 +64,53 @@ EXCHANGE_GAPS = Counter(
     "pipeline_exchange_gaps_total", "Trade ids the exchange's REST API does not have", ["symbol"]
 )
 TASK_RESTARTS = Counter("pipeline_task_restarts_total", "Background role restarts", ["role"])
+
+
+# Per-process families that would mean nothing summed over processes: the API process's own.
+_PER_PROCESS_PREFIXES = ("process_", "python_")
+
+
+def merge_expositions(texts: list[str]) -> bytes:
+    """One exposition from several processes' (the API's first): samples with the same name and
+    labels are added up.
+
+    Every pipeline metric is a counter or histogram (adding up is the aggregate) or a gauge only
+    one role sets (the others report 0), so a sum is right for all of them. process_* and
+    python_* describe one process: only the first text's are kept.
+    """
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for index, text in enumerate(texts):
+        for family in text_string_to_metric_families(text):
+            if index > 0 and family.name.startswith(_PER_PROCESS_PREFIXES):
+                continue
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            merged = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if sample.name.endswith("_created"):
+                    # A creation time: the earliest one, not a sum.
+                    merged[key] = min(merged.get(key, sample.value), sample.value)
+                else:
+                    merged[key] = merged.get(key, 0.0) + sample.value
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(families, values))
+    return generate_latest(registry)
+
+
+class _Merged(Collector):
+    def __init__(
+        self,
+        families: dict[str, Metric],
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]],
+    ) -> None:
+        self._families = families
+        self._values = values
+
+    def collect(self) -> Iterator[Metric]:
+        for name, family in self._families.items():
+            for (sample_name, labels), value in self._values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family

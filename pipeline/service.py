@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import REGISTRY, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.consumer import TradeConsumer
@@ -41,6 +42,28 @@ class _ConsumerRole:
     sink: PostgresSink
     consumer: TradeConsumer
     task: SupervisedTask
+
+
+class PipelineControl(Protocol):
+    """What the API needs from the roles, wherever they run (Pipeline or ProcessPipeline)."""
+
+    registry: SymbolRegistry
+
+    @property
+    def roles(self) -> frozenset[str]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def refresh(self) -> None:
+        """Bring status() and metrics() up to date (workers in other processes report)."""
+
+    def tasks(self) -> list[TaskStatus]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def metrics(self) -> bytes: ...
 
 
 class Pipeline:
@@ -159,3 +182,10 @@ class Pipeline:
         if self._consumer_role is not None:
             report["consumer"] = asdict(self._consumer_role.consumer.status())
         return report
+
+    def metrics(self) -> bytes:
+        """The Prometheus exposition of this process, where the roles run."""
+        return generate_latest(REGISTRY)
+
+    async def refresh(self) -> None:
+        """Nothing to do: status() and metrics() read this process's state directly."""

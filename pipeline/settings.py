@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -47,6 +47,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "BINANCE_WS_URL": ("binance", "ws_url"),
     "BINANCE_REST_URL": ("binance", "rest_url"),
     "PIPELINE_ROLES": ("roles",),
+    "PIPELINE_ISOLATION": ("isolation",),
     "API_KEY": ("api", "api_key"),
     "HOST": ("api", "host"),
     "PORT": ("api", "port"),
@@ -190,6 +191,12 @@ class Settings(BaseSettings):
 
     symbols: tuple[str, ...] | Literal["ALL"] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     roles: frozenset[Role] = frozenset({"producer", "consumer"})
+    # process: each role in its own worker process (both cores; the API stays responsive under
+    # full ingest); task: every role as a task on the API's event loop (one process).
+    isolation: Literal["process", "task"] = "process"
+    # Niceness of the worker processes: when the CPU is short, the API's requests go first and
+    # ingest takes the rest (Kafka holds what the consumer has not stored yet).
+    worker_nice: Annotated[int, Field(ge=0, le=19)] = 10
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
     binance: BinanceSettings = BinanceSettings()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import LagDep
+from api.deps import LagDep, PipelineDep
 
 router = APIRouter(tags=["metrics"])
 
@@ -25,6 +25,7 @@ router = APIRouter(tags=["metrics"])
         }
     },
 )
-async def metrics(lag: LagDep) -> Response:
+async def metrics(lag: LagDep, pipeline: PipelineDep) -> Response:
     await lag.refresh_gauge()
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    await pipeline.refresh()
+    return Response(pipeline.metrics(), media_type=CONTENT_TYPE_LATEST)

@@ -49,4 +49,5 @@ async def get_consumer_lag(lag: LagDep) -> ConsumerLagOut:
     ),
 )
 async def pipeline_status(pipeline: PipelineDep) -> PipelineStatusOut:
+    await pipeline.refresh()
     return PipelineStatusOut.from_status(pipeline.status())

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import select
 
 from api import queries
-from api.deps import ConnectionDep
+from api.deps import ReadsDep, reads_of
 from api.queries import Cursor
+from api.reads import OrjsonResponse
 from api.schemas import (
     INTERVAL_MS,
     MAX_EPOCH_MS,
-    CandleOut,
     CandlesOut,
     ErrorOut,
     Interval,
@@ -23,7 +22,6 @@ from api.schemas import (
     TradeOut,
     TradePageOut,
 )
-from pipeline.db import tracked_symbols
 
 router = APIRouter(prefix="/prices", tags=["prices"])
 
@@ -73,33 +71,31 @@ def _check_range(start: int | None, end: int | None) -> None:
         raise _query_error("start", "start must not be after end", start)
 
 
-def _trade(row: Any) -> TradeOut:
-    return TradeOut.model_validate(row._mapping)
-
-
 @router.get(
     "",
     summary="Latest trade of every tracked symbol",
     description="One row per tracked symbol that has stored trades (an index probe each).",
+    response_model=LatestPricesOut,
     responses=DB_ERRORS,
 )
-async def latest_prices(connection: ConnectionDep) -> LatestPricesOut:
-    result = await connection.execute(queries.latest_trades())
-    return LatestPricesOut(items=[_trade(row) for row in result])
+async def latest_prices(reads: ReadsDep) -> Response:
+    return OrjsonResponse({"items": await reads.latest_trades()})
 
 
 @router.get(
     "/{symbol}",
     summary="Latest trade of one symbol",
+    response_model=TradeOut,
     responses={**NOT_FOUND, **DB_ERRORS},
 )
-async def latest_price(symbol: SymbolPath, connection: ConnectionDep) -> TradeOut:
-    row = (await connection.execute(queries.latest_trade(symbol))).first()
-    if row is not None:
-        return _trade(row)
-    tracked = await connection.scalar(
-        select(tracked_symbols.c.symbol).where(tracked_symbols.c.symbol == symbol)
-    )
+async def latest_price(symbol: SymbolPath, request: Request) -> Response:
+    # The hot read (docs/perf.md): taking `request` instead of ReadsDep skips FastAPI's
+    # dependency resolution, ~12 µs of CPU per request (measured).
+    reads = reads_of(request)
+    trade = await reads.latest_trade(symbol)
+    if trade is not None:
+        return OrjsonResponse(trade)
+    tracked = await reads.is_tracked(symbol)
     reason = "is tracked but has no trades yet" if tracked else "is not tracked and has no trades"
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"{symbol} {reason}")
 
@@ -112,11 +108,12 @@ async def latest_price(symbol: SymbolPath, connection: ConnectionDep) -> TradeOu
         "`limit` per page. Pass `next_cursor` back as `cursor` (with the same start/end) for "
         "the next, older page; it is null on the last page."
     ),
+    response_model=TradePageOut,
     responses={**DB_ERRORS},
 )
 async def price_history(
     symbol: SymbolPath,
-    connection: ConnectionDep,
+    reads: ReadsDep,
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
@@ -124,7 +121,7 @@ async def price_history(
         str | None,
         Query(max_length=64, description="`next_cursor` of the previous page (opaque)"),
     ] = None,
-) -> TradePageOut:
+) -> Response:
     _check_range(start, end)
     after = None
     if cursor is not None:
@@ -134,13 +131,12 @@ async def price_history(
             raise _query_error(
                 "cursor", "invalid cursor: pass a next_cursor value as is", cursor
             ) from None
-    result = await connection.execute(queries.history(symbol, start, end, after, limit + 1))
-    items = [_trade(row) for row in result]
+    items = await reads.history(symbol, start, end, after, limit + 1)
     next_cursor = None
     if len(items) > limit:
         items = items[:limit]
-        next_cursor = Cursor(items[-1].trade_time, items[-1].trade_id).encode()
-    return TradePageOut(items=items, next_cursor=next_cursor)
+        next_cursor = Cursor(items[-1]["trade_time"], items[-1]["trade_id"]).encode()
+    return OrjsonResponse({"items": items, "next_cursor": next_cursor})
 
 
 @router.get(
@@ -152,26 +148,24 @@ async def price_history(
         "trades are omitted. Without `start`, the `limit` intervals ending at `end` "
         "(default: the latest trade) are covered."
     ),
+    response_model=CandlesOut,
     responses={**DB_ERRORS},
 )
 async def price_candles(
     symbol: SymbolPath,
-    connection: ConnectionDep,
+    reads: ReadsDep,
     interval: Annotated[Interval, Query(description="bucket size")] = "1m",
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
-) -> CandlesOut:
+) -> Response:
     _check_range(start, end)
     interval_ms = INTERVAL_MS[interval]
+    items: list[dict[str, Any]] = []
     if end is None:
-        end = await connection.scalar(queries.newest_trade_time(symbol))
-        if end is None:
-            return CandlesOut(symbol=symbol, interval=interval, items=[])
-        if start is not None and end < start:
-            return CandlesOut(symbol=symbol, interval=interval, items=[])
-    if start is None:
-        start = max(queries.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
-    result = await connection.execute(queries.candles(symbol, interval_ms, start, end, limit))
-    items = [CandleOut.model_validate(row._mapping) for row in result]
-    return CandlesOut(symbol=symbol, interval=interval, items=items)
+        end = await reads.newest_trade_time(symbol)
+    if end is not None and (start is None or start <= end):
+        if start is None:
+            start = max(queries.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
+        items = await reads.candles(symbol, interval_ms, start, end, limit)
+    return OrjsonResponse({"symbol": symbol, "interval": interval, "items": items})

@@ -132,11 +132,18 @@ class ServiceProcess:
         return time.monotonic() - started, code
 
     def rss(self) -> int:
-        """Resident memory of the service process, bytes."""
+        """Resident memory of the service with its worker processes, bytes."""
         pid = self.pid
         if pid is None:
             raise ServiceDied(f"{self.name} is not running")
-        return int(psutil.Process(pid).memory_info().rss)
+        service = psutil.Process(pid)
+        total = 0
+        for process in (service, *service.children(recursive=True)):
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total
 
     async def get(self, path: str, timeout: float = HTTP_TIMEOUT_S) -> httpx.Response:
         if self._http is None:

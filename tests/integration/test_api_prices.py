@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import orjson
 import pytest
 from sqlalchemy import insert, text
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import queries
 from api.queries import Cursor
+from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from pipeline.db import tracked_symbols
 from pipeline.settings import Settings
-from tests.api_harness import insert_trades, serve, trade_row
+from pipeline.stack import LocalPostgres
+from tests.api_harness import eventually, insert_trades, serve, trade_row
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +65,87 @@ async def test_latest_price_is_the_newest_trade_with_exact_decimal_strings(
         "trade_time": T0 + 20,
         "processed_at": T0 + 25,
     }
+
+
+async def test_latest_price_body_is_the_stored_row_as_compact_json_in_model_field_order(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await insert_trades(
+        engine,
+        [
+            trade_row("ETHUSDT", 2**53 + 1, T0, price="3456.7", quantity="0.000000000000000001"),
+            trade_row("ETHUSDT", 9, T0 - 1, price="1"),
+        ],
+    )
+    async with engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                text(
+                    "SELECT symbol, trade_id, price::text, quantity::text, is_buyer_maker, "
+                    "event_time, trade_time, processed_at FROM crypto_prices "
+                    "WHERE symbol = 'ETHUSDT' AND trade_id = :id"
+                ),
+                {"id": 2**53 + 1},
+            )
+        ).one()
+    response = await client.get("/prices/ethusdt")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    # Exactly the bytes FastAPI's response_model serialisation produced for the same row.
+    expected = TradeOut.model_validate(dict(zip(TradeOut.model_fields, stored, strict=True)))
+    assert response.content == expected.model_dump_json().encode()
+    assert response.content == (
+        b'{"symbol":"ETHUSDT","trade_id":9007199254740993,"price":"3456.7",'
+        b'"quantity":"0.000000000000000001","is_buyer_maker":false,'
+        b'"event_time":1764000000001,"trade_time":1764000000000,"processed_at":1764000000005}'
+    )
+
+
+async def test_every_prices_body_has_its_response_models_fields_in_order(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The reads encode rows as they come from SQL: column names and order are the contract."""
+    await track(engine, "BTCUSDT")
+    await insert_trades(engine, [trade_row("BTCUSDT", i, T0 + i * 1000) for i in range(1, 4)])
+    trade_fields = list(TradeOut.model_fields)
+
+    latest = (await client.get("/prices/BTCUSDT")).json()
+    every = (await client.get("/prices")).json()
+    page = (await client.get("/prices/BTCUSDT/history", params={"limit": 2})).json()
+    candles = (await client.get("/prices/BTCUSDT/candles", params={"interval": "1s"})).json()
+
+    assert list(latest) == trade_fields
+    assert list(every) == list(LatestPricesOut.model_fields)
+    assert [list(item) for item in every["items"]] == [trade_fields]
+    assert list(page) == list(TradePageOut.model_fields)
+    assert [list(item) for item in page["items"]] == [trade_fields] * 2
+    assert list(candles) == list(CandlesOut.model_fields)
+    assert [list(item) for item in candles["items"]] == [list(CandleOut.model_fields)] * 3
+    for body, model in (
+        (latest, TradeOut),
+        (every, LatestPricesOut),
+        (page, TradePageOut),
+        (candles, CandlesOut),
+    ):
+        model.model_validate(body)
+
+
+async def test_prices_openapi_documents_the_response_models(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    expected = {
+        "/prices": "LatestPricesOut",
+        "/prices/{symbol}": "TradeOut",
+        "/prices/{symbol}/history": "TradePageOut",
+        "/prices/{symbol}/candles": "CandlesOut",
+    }
+    for path, model in expected.items():
+        operation = paths[path]["get"]
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{model}"}, path
+        assert operation["responses"]["503"]["description"] == "PostgreSQL unavailable"
+        assert [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"] == (
+            ["symbol"] if "{symbol}" in path else []
+        )
 
 
 async def test_latest_price_is_404_for_unknown_symbols_and_symbols_without_trades(
@@ -241,17 +327,20 @@ async def test_candles_without_start_cover_the_last_limit_intervals_up_to_the_la
     assert empty.json()["items"] == []
 
 
-async def _explain(engine: AsyncEngine, statement: Any) -> str:
-    sql = str(
-        statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-    )
-    async with engine.connect() as connection:
-        plan = await connection.exec_driver_sql(f"EXPLAIN {sql}")
+async def _generic_plan(settings: Settings, sql: str, args: str) -> str:
+    """The plan of `sql` as a cached prepared statement may end up using it: the generic plan."""
+    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
+    try:
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+        await connection.execute(f"PREPARE q AS {sql}")
+        plan = await connection.fetch(f"EXPLAIN EXECUTE q({args})" if args else "EXPLAIN EXECUTE q")
         return "\n".join(row[0] for row in plan)
+    finally:
+        await connection.close()
 
 
 async def test_price_reads_use_the_symbol_trade_time_index_on_a_large_table(
-    engine: AsyncEngine,
+    engine: AsyncEngine, settings: Settings
 ) -> None:
     async with engine.begin() as connection:
         await connection.execute(
@@ -271,16 +360,80 @@ async def test_price_reads_use_the_symbol_trade_time_index_on_a_large_table(
         await connection.execute(text("ANALYZE crypto_prices"))
         await connection.execute(text("ANALYZE tracked_symbols"))
 
-    index = "ix_crypto_prices_symbol_trade_time"
-    latest = await _explain(engine, queries.latest_trade("SYM7"))
-    assert f"Index Scan using {index} on crypto_prices" in latest, latest
+    index = "Index Scan using ix_crypto_prices_symbol_trade_time on crypto_prices"
+    latest = await _generic_plan(settings, queries.LATEST_TRADE, "'SYM7'")
+    assert index in latest, latest
     assert "Seq Scan" not in latest, latest
 
-    every = await _explain(engine, queries.latest_trades())
-    assert f"Index Scan using {index} on crypto_prices" in every, every
+    every = await _generic_plan(settings, queries.LATEST_TRADES, "")
+    assert index in every, every
     assert "Seq Scan on crypto_prices" not in every, every
 
-    page = await _explain(
-        engine, queries.history("SYM7", T0, T0 + 10**6, Cursor(T0 + 500_000, 49_987), 101)
-    )
-    assert f"Index Scan using {index} on crypto_prices" in page, page
+    sql, args = queries.history("SYM7", T0, T0 + 10**6, Cursor(T0 + 500_000, 49_987), 101)
+    page = await _generic_plan(settings, sql, ", ".join(repr(arg) for arg in args))
+    assert index in page, page
+    assert "Seq Scan" not in page, page
+
+    newest = await _generic_plan(settings, queries.NEWEST_TRADE_TIME, "'SYM7'")
+    assert index in newest, newest
+
+
+# -- PostgreSQL outage: the reads' own pool answers 503, then recovers ----------------------
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(tmp_path / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(mode="immediate")
+
+
+PRICE_READS = (
+    "/prices/BTCUSDT",
+    "/prices",
+    "/prices/BTCUSDT/history",
+    "/prices/BTCUSDT/candles",
+    "/prices/XRPUSDT",  # the 404 path's second query
+)
+
+
+async def _statuses(client: httpx.AsyncClient) -> list[int]:
+    return [(await client.get(path)).status_code for path in PRICE_READS]
+
+
+async def test_price_reads_are_503_while_postgresql_is_down_and_recover_after(
+    make_settings: Callable[..., Settings], own_postgres: LocalPostgres
+) -> None:
+    settings = make_settings(PIPELINE_ROLES="none", DATABASE_URL=own_postgres.url)
+    async with serve(settings) as client:
+        connection = await asyncpg.connect(settings.database.asyncpg_dsn)
+        try:
+            await connection.execute(
+                "INSERT INTO crypto_prices VALUES ('BTCUSDT', 1, 1.5, 2, $1, $1, true, $1)", T0
+            )
+        finally:
+            await connection.close()
+        # Every pooled connection gets used (and stays open) before the outage.
+        await asyncio.gather(*(client.get("/prices/BTCUSDT") for _ in range(20)))
+        assert await _statuses(client) == [200, 200, 200, 200, 404]
+
+        await asyncio.to_thread(own_postgres.stop, "fast")
+        for path in PRICE_READS:
+            response = await client.get(path)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json() == {"detail": "PostgreSQL is unavailable; retry later"}
+            assert response.headers["retry-after"] == "1"
+
+        await asyncio.to_thread(own_postgres.start)
+
+        async def recovered() -> bool | None:
+            return True if await _statuses(client) == [200, 200, 200, 200, 404] else None
+
+        await eventually(recovered, 15, "price reads answer again")
+        for _ in range(3):  # no broken connection left in the pool
+            assert await _statuses(client) == [200, 200, 200, 200, 404]
+        latest = orjson.loads((await client.get("/prices/BTCUSDT")).content)
+        assert (latest["trade_id"], latest["price"], latest["quantity"]) == (1, "1.5", "2")

@@ -1,0 +1,147 @@
+"""A worker process: one role of the pipeline, run for the API process that started it.
+
+`python -m pipeline.worker` reads its settings as one JSON line on stdin, runs a `Pipeline`
+with those roles, and writes a report (status, tasks, Prometheus exposition) as one JSON line
+on its original stdout every REPORT_INTERVAL_S, and at once for every `report <n>` line on
+stdin, answering `n` (so the API's /pipeline/status is never stale). It stops cleanly — source stopped, producer
+flushed, consumer's batch committed — when stdin closes (the parent asked, or died: a SIGKILLed
+API process leaves no orphan running) or on SIGTERM/SIGINT.
+
+Anything else that writes to stdout lands on stderr, so it cannot corrupt the reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+from prometheus_client import REGISTRY, generate_latest
+
+from pipeline.db import create_engine
+from pipeline.exchange import ExchangeClient
+from pipeline.logs import configure_logging
+from pipeline.service import Pipeline
+from pipeline.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 1.0
+REPORT_REQUEST = b"report"
+
+
+def report(pipeline: Pipeline, answer: int | None = None) -> bytes:
+    """One report line: what the parent shows at /pipeline/status, /ready and /metrics."""
+    body = {
+        "answer": answer,
+        "status": pipeline.status(),
+        "metrics": generate_latest(REGISTRY).decode(),
+    }
+    return orjson.dumps(body, default=str) + b"\n"
+
+
+async def _stdin() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def _reports_pipe(fd: int) -> asyncio.StreamWriter:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+async def _send(reports: asyncio.StreamWriter, line: bytes) -> bool:
+    """Write one report; False once the parent has closed its end (it is gone)."""
+    if reports.is_closing():
+        return False
+    try:
+        reports.write(line)
+        await reports.drain()
+    except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+async def _report_forever(pipeline: Pipeline, reports: asyncio.StreamWriter) -> None:
+    """Report every REPORT_INTERVAL_S; return when the parent is gone."""
+    while True:
+        if not await _send(reports, report(pipeline)):
+            return
+        await asyncio.sleep(REPORT_INTERVAL_S)
+
+
+async def _answer_requests(
+    pipeline: Pipeline, stdin: asyncio.StreamReader, reports: asyncio.StreamWriter
+) -> None:
+    """Report on request; return when stdin closes."""
+    while line := await stdin.readline():
+        command, _, number = line.strip().partition(b" ")
+        if command == REPORT_REQUEST and number.isdigit():
+            await _send(reports, report(pipeline, int(number)))
+
+
+async def serve(settings: Settings, stdin: asyncio.StreamReader, reports_fd: int) -> None:
+    configure_logging(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    reports = await _reports_pipe(reports_fd)
+    engine = create_engine(settings.database)
+    exchange = ExchangeClient(settings.binance)
+    pipeline = Pipeline(settings, engine, exchange)
+    try:
+        await pipeline.start()
+        reporter = asyncio.create_task(_report_forever(pipeline, reports))
+        closed = asyncio.create_task(_answer_requests(pipeline, stdin, reports))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({closed, waiter, reporter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (closed, waiter, reporter):
+            task.cancel()
+        await pipeline.stop()
+        await _send(reports, report(pipeline))  # the final counters
+    finally:
+        await exchange.close()
+        await engine.dispose()
+    logger.info("worker stopped roles=%s", ",".join(sorted(settings.roles)))
+
+
+async def _main() -> None:
+    # Keep the real stdout for reports; point fd 1 at stderr for everything else.
+    reports_fd = os.dup(1)
+    os.dup2(2, 1)
+    stdin = await _stdin()
+    line = await stdin.readline()
+    if not line:
+        return  # the parent went away before sending settings
+    settings = Settings.model_validate(orjson.loads(line))
+    os.nice(settings.worker_nice)
+    await serve(settings, stdin, reports_fd)
+
+
+def settings_line(settings: Settings) -> bytes:
+    """The settings a worker needs, as its first stdin line (the API key stays in the API)."""
+    data: dict[str, Any] = settings.model_dump(mode="json", exclude={"api"})
+    return orjson.dumps(data) + b"\n"
+
+
+def main() -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: the default loop works, a little slower
+        asyncio.run(_main())
+    else:
+        uvloop.run(_main())
+
+
+if __name__ == "__main__":
+    main()
