@@ -1,9 +1,11 @@
 """EventProducer: validated trades and dead letters into Kafka, idempotently, with bounded memory.
 
-The source hands events to `publish()`, which only enqueues; one sender task moves them into
-aiokafka (acks=all, idempotence, linger/batch, compression). Memory is bounded twice: the queue
-(`queue_size`) and the records handed to aiokafka but not yet acknowledged (the same bound).
-When Kafka is down, both fill up and `publish()` waits, which holds the source back. A record
+The source hands events to `publish()`, which only enqueues; one sender task hands them to
+aiokafka (acks=all, idempotence, compression) in batches it builds itself: each turn, whatever
+is pending goes out as one batch per partition (more where one reaches max_batch_size), so that
+aiokafka's costly per-record `send()` is not on the path. Memory is bounded by one budget,
+`queue_size`, of records accepted and not yet acknowledged, queued here or inside aiokafka.
+When Kafka is down it fills up and `publish()` waits, which holds the source back. A batch
 whose delivery fails is sent again; duplicates cost nothing because the sink is idempotent.
 """
 
@@ -12,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+from prometheus_client import Counter as MetricCounter
 
 from pipeline import metrics
 from pipeline.models import TradeEvent
@@ -31,9 +36,12 @@ KAFKA_CALL_TIMEOUT_S = 10.0
 RETRY_BACKOFF_S = (0.2, 5.0)
 # A dead letter's value at most; an input frame may be up to binance.max_frame_bytes (1 MiB).
 DEAD_LETTER_MAX_BYTES = 256 * 1024
+# A turn that finds this many records pending sends them at once, without lingering.
+LINGER_UNLESS_RECORDS = 1000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per trade, and a frozen dataclass's __init__ costs twice as much.
+@dataclass(slots=True)
 class _Record:
     topic: str
     key: bytes
@@ -41,6 +49,30 @@ class _Record:
     headers: tuple[tuple[str, bytes], ...] = ()
     # Labels the delivered-counter; empty for dead letters.
     symbol: str = ""
+
+
+# What the delivered-counters are labelled by: a trade's symbol, or a dead letter's source (key).
+_SYMBOL_AND_KEY = attrgetter("symbol", "key")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Records for one topic partition, in the order accepted, and the aiokafka batch they fill."""
+
+    topic: str
+    partition: int
+    builder: BatchBuilder
+    records: list[_Record] = field(default_factory=list)
+
+    def append(self, record: _Record) -> bool:
+        """Add the record; False if the batch is full (it is then closed for good)."""
+        added = self.builder.append(
+            timestamp=None, key=record.key, value=record.value, headers=list(record.headers)
+        )
+        if added is None:
+            return False
+        self.records.append(record)
+        return True
 
 
 class CachedPartitioner:
@@ -71,6 +103,8 @@ def build_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProduce
         "client_id": settings.client_id,
         "acks": "all",
         "enable_idempotence": True,
+        # For per-record send() (the consumer's DLQ); EventProducer lingers itself (see
+        # _send_forever) and hands aiokafka closed batches.
         "linger_ms": settings.linger_ms,
         "max_batch_size": settings.max_batch_size,
         "compression_type": None if settings.compression == "none" else settings.compression,
@@ -118,8 +152,10 @@ class EventProducer:
         self._pending: deque[_Record] = deque()
         self._has_pending = asyncio.Event()
         self._unacked = 0
-        # Records inside the current aiokafka producer, by their delivery future.
-        self._in_flight: dict[asyncio.Future[Any], _Record] = {}
+        # Batches inside the current aiokafka producer, by their delivery future, oldest first.
+        self._in_flight: dict[asyncio.Future[Any], _Batch] = {}
+        self._partitioner = CachedPartitioner()
+        self._produced_counters: dict[str, MetricCounter] = {}
         # A delivery failed: the aiokafka producer must be replaced (see run()).
         self._broken = False
         self._drained = asyncio.Event()
@@ -198,61 +234,138 @@ class EventProducer:
                 return
 
     async def _send_forever(self, producer: AIOKafkaProducer) -> None:
+        delay = RETRY_BACKOFF_S[0]
         while not self._broken:
             if not self._pending:
                 self._has_pending.clear()
                 await self._has_pending.wait()
                 continue
+            if len(self._pending) < LINGER_UNLESS_RECORDS:
+                # Kafka's linger, done here since we close our own batches: a few ms for more
+                # records to join, so a trickle is not sent as one request per record. Under
+                # load a turn finds plenty pending and nobody waits.
+                await asyncio.sleep(self._settings.linger_ms / 1000)
             metrics.PRODUCER_QUEUE.set(len(self._pending))
-            await self._send(producer, self._pending.popleft())
-
-    async def _send(self, producer: AIOKafkaProducer, record: _Record) -> None:
-        delay = RETRY_BACKOFF_S[0]
-        while True:
             try:
-                # asyncio.timeout, not wait_for: this runs per record, and wait_for wraps each
-                # call in a new Task (measured as a large share of the producer's cost).
-                async with asyncio.timeout(KAFKA_CALL_TIMEOUT_S):
-                    future = await producer.send(
-                        record.topic, record.value, key=record.key, headers=list(record.headers)
-                    )
+                await self._send_pending(producer)
             except (KafkaError, TimeoutError) as exc:
-                # The accumulator is full or metadata is unavailable: Kafka is not taking data.
+                # Metadata is unavailable or the accumulator stayed full: Kafka is not taking
+                # data. What was not handed over is back in `_pending`; try again later.
                 self._mark_down(exc)
-                if self._broken:
-                    self._pending.appendleft(record)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_BACKOFF_S[1])
-                continue
-            self._in_flight[future] = record
-            future.add_done_callback(self._on_delivery)
-            return
+                if not self._broken:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_BACKOFF_S[1])
+            else:
+                delay = RETRY_BACKOFF_S[0]
+
+    async def _send_pending(self, producer: AIOKafkaProducer) -> None:
+        """Hand everything pending to aiokafka: a batch per partition, more where one fills up.
+
+        A batch leaves `batches` only once aiokafka has taken it; if sending stops early (Kafka
+        not taking data, a failed delivery, cancellation), the rest goes back to `_pending`.
+        """
+        partitions = await self._partitions(producer)
+        batches = self._take_pending(producer, partitions)
+        try:
+            while batches and not self._broken:
+                await self._send_batch(producer, batches[0])
+                batches.popleft()
+        finally:
+            unsent = [record for batch in batches for record in batch.records]
+            self._pending.extendleft(reversed(unsent))
+
+    async def _partitions(self, producer: AIOKafkaProducer) -> dict[str, list[int]]:
+        """The partition ids of each topic pending, from the producer's cluster metadata.
+
+        Sorted: Kafka's default partitioner picks `partitions[murmur2(key) % count]`, which is
+        partition number `murmur2(key) % count` only when the list is in order.
+        """
+        partitions: dict[str, list[int]] = {}
+        for topic in {record.topic for record in self._pending}:
+            # Returns at once while the metadata is known; it waits for it otherwise.
+            async with asyncio.timeout(KAFKA_CALL_TIMEOUT_S):
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+        return partitions
+
+    def _take_pending(
+        self, producer: AIOKafkaProducer, partitions: dict[str, list[int]]
+    ) -> deque[_Batch]:
+        """Move the pending records into batches, each for one (topic, partition).
+
+        Records keep the order they were accepted in within their partition: a batch that is
+        full is closed and the next record of its partition starts a batch after it.
+        """
+        batches: deque[_Batch] = deque()
+        filling: dict[tuple[str, int], _Batch] = {}
+        pending = self._pending
+        while pending:
+            record = pending[0]
+            topic_partitions = partitions.get(record.topic)
+            if topic_partitions is None:
+                break  # published while the partitions were looked up: next turn
+            # Every record has a key, so the partitioner never needs the available partitions.
+            target = (record.topic, self._partitioner(record.key, topic_partitions, []))
+            batch = filling.get(target)
+            if batch is None or not batch.append(record):
+                batch = _Batch(*target, producer.create_batch())
+                batch.append(record)  # an empty batch takes a record of any size
+                filling[target] = batch
+                batches.append(batch)
+            pending.popleft()
+        return batches
+
+    async def _send_batch(self, producer: AIOKafkaProducer, batch: _Batch) -> None:
+        # Closed, it goes out as soon as its partition has no request in flight: an open one
+        # would linger `linger_ms` in aiokafka, and the next batch of its partition would wait
+        # for that here, holding up every other partition's records too.
+        batch.builder.close()
+        # aiokafka waits while the previous batch of this partition is still queued (at most
+        # one per partition waits there): that is where a slow or absent Kafka holds us back.
+        async with asyncio.timeout(KAFKA_CALL_TIMEOUT_S):
+            future = await producer.send_batch(
+                batch.builder, batch.topic, partition=batch.partition
+            )
+        self._in_flight[future] = batch
+        future.add_done_callback(self._on_delivery)
 
     def _on_delivery(self, future: asyncio.Future[Any]) -> None:
-        record = self._in_flight.pop(future, None)
-        if record is None:
+        error = None if future.cancelled() else future.exception()  # retrieved, so never logged
+        batch = self._in_flight.get(future)
+        if batch is None:
             return  # held by a replaced producer: already queued again
-        error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
-            # Send it again; it keeps its place in the budget until Kafka acknowledges it.
-            self._failures += 1
+            # It stays in `_in_flight`, and in the budget: `_replace()` queues it again with
+            # the rest this producer holds, oldest first.
+            self._failures += len(batch.records)
             self._mark_down(error or asyncio.CancelledError())
-            self._pending.append(record)
             self._broken = True
-            self._has_pending.set()
+            self._has_pending.set()  # wakes the sender, which then replaces the producer
             return
+        del self._in_flight[future]
         self._mark_up()
-        self._delivered += 1
-        if record.symbol:
-            metrics.TRADES_PRODUCED.labels(record.symbol).inc()
-        else:
-            self._dead_letters += 1
-            metrics.DLQ_PRODUCED.labels(record.key.decode()).inc()
-        self._unacked -= 1
-        self._budget.release()
+        self._count_delivered(batch.records)
+        for _ in batch.records:
+            self._budget.release()
+        self._unacked -= len(batch.records)
         if self._unacked == 0:
             self._drained.set()
+
+    def _count_delivered(self, records: list[_Record]) -> None:
+        """Per acknowledged batch: one metric increment per symbol (or DLQ source), not per record."""
+        self._delivered += len(records)
+        for (symbol, key), count in Counter(map(_SYMBOL_AND_KEY, records)).items():
+            if symbol:
+                self._produced_counter(symbol).inc(count)
+            else:
+                self._dead_letters += count
+                metrics.DLQ_PRODUCED.labels(key.decode()).inc(count)
+
+    def _produced_counter(self, symbol: str) -> MetricCounter:
+        # labels() takes a lock and builds a key on every call: look each child up once.
+        counter = self._produced_counters.get(symbol)
+        if counter is None:
+            counter = self._produced_counters[symbol] = metrics.TRADES_PRODUCED.labels(symbol)
+        return counter
 
     def _mark_up(self) -> None:
         if not self._kafka_up:
@@ -277,7 +390,8 @@ class EventProducer:
 
     async def _replace(self, producer: AIOKafkaProducer) -> None:
         """Drop a producer whose deliveries fail; queue what it held again, oldest first."""
-        held = list(self._in_flight.values())
+        # In the order sent: a partition's batches keep their order, failed or not.
+        held = [record for batch in self._in_flight.values() for record in batch.records]
         self._in_flight.clear()
         self._pending.extendleft(reversed(held))
         self._broken = False
@@ -292,6 +406,9 @@ class EventProducer:
         sender_task = producer._sender.sender_task if producer._sender is not None else None
         if sender_task is not None:
             sender_task.cancel()
+            # Until it has ended: stop() would otherwise cancel and await it again, get its
+            # CancelledError, and leave the connections open.
+            await asyncio.wait({sender_task}, timeout=KAFKA_CALL_TIMEOUT_S)
         producer._message_accumulator.fail_all(KafkaError("producer replaced"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.stop(), KAFKA_CALL_TIMEOUT_S)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +24,18 @@ from pipeline.db import crypto_prices, tracked_symbols
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
+# The stored id right before the first missing one, among a symbol's ids >= :since.
+_FIRST_HOLE = text(
+    """
+    SELECT trade_id FROM (
+        SELECT trade_id, lead(trade_id) OVER (ORDER BY trade_id) AS next_id
+        FROM crypto_prices WHERE symbol = :symbol AND trade_id >= :since
+    ) AS ids
+    WHERE next_id > trade_id + 1
+    ORDER BY trade_id
+    LIMIT 1
+    """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +101,27 @@ class SymbolRegistry:
                     yield current
             await asyncio.sleep(POLL_INTERVAL_S)
 
-    async def last_trade_ids(self, symbols: Iterable[str]) -> dict[str, int]:
-        """The newest stored trade id per symbol: where a restarted source resumes from."""
-        newest = select(func.max(crypto_prices.c.trade_id))
+    async def resume_points(self, symbols: Iterable[str], window: int) -> dict[str, int]:
+        """Per symbol, the trade id a restarted source resumes from (its first live trade
+        backfills everything after it).
+
+        The newest stored id — unless the newest `window` ids have a hole: a crash in the middle
+        of a backfill stores later live trades but not the rest of the gap. Then the id before
+        the first hole, so that the gap is fetched again (ids stored since come as duplicates).
+        """
         found: dict[str, int] = {}
         async with self._engine.connect() as connection:
             for symbol in symbols:
-                # One index probe per symbol (max over the PK); a GROUP BY would scan the table.
-                value = await connection.scalar(newest.where(crypto_prices.c.symbol == symbol))
-                if value is not None:
-                    found[symbol] = int(value)
+                # Index probes and one range scan of the primary key per symbol.
+                newest = await connection.scalar(
+                    select(func.max(crypto_prices.c.trade_id)).where(
+                        crypto_prices.c.symbol == symbol
+                    )
+                )
+                if newest is None:
+                    continue
+                before_hole = await connection.scalar(
+                    _FIRST_HOLE, {"symbol": symbol, "since": int(newest) - window}
+                )
+                found[symbol] = int(before_hole if before_hole is not None else newest)
         return found

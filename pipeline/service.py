@@ -96,7 +96,9 @@ class Pipeline:
             self.settings.binance,
             producer,
             self.exchange,
-            resume_from=await self.registry.last_trade_ids(tracked),
+            resume_from=await self.registry.resume_points(
+                tracked, self.settings.binance.backfill_max_trades
+            ),
         )
         role = _ProducerRole(producer, source)
         role.tasks = [
