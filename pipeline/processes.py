@@ -71,9 +71,8 @@ class WorkerProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=REPORT_LINE_LIMIT,
-            # Its own session: a Ctrl+C in the terminal reaches the API process, which then
-            # stops the workers in order, instead of every process at once.
-            start_new_session=True,
+            # Same session as the API process, on purpose: a new one would be a scheduler
+            # autogroup of its own, sharing the CPU with the API as an equal whatever its nice.
         )
         self._process = process
         assert process.stdin is not None and process.stdout is not None

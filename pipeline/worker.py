@@ -5,7 +5,8 @@ with those roles, and writes a report (status, tasks, Prometheus exposition) as 
 on its original stdout every REPORT_INTERVAL_S, and at once for every `report <n>` line on
 stdin, answering `n` (so the API's /pipeline/status is never stale). It stops cleanly — source stopped, producer
 flushed, consumer's batch committed — when stdin closes (the parent asked, or died: a SIGKILLed
-API process leaves no orphan running) or on SIGTERM/SIGINT.
+API process leaves no orphan running) or on SIGTERM. It ignores SIGINT: a Ctrl+C in the
+terminal reaches every process of its group, and the API process stops its workers itself.
 
 Anything else that writes to stdout lands on stderr, so it cannot corrupt the reports.
 """
@@ -93,8 +94,9 @@ async def serve(settings: Settings, stdin: asyncio.StreamReader, reports_fd: int
     configure_logging(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # A Ctrl+C reaches the whole terminal's process group: the API process stops its workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     reports = await _reports_pipe(reports_fd)
     engine = create_engine(settings.database)
     exchange = ExchangeClient(settings.binance)
