@@ -21,7 +21,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from pipeline.models import CRYPTO_PRICES_COLUMNS
 from pipeline.settings import DatabaseSettings
+
+__all__ = ["CRYPTO_PRICES_COLUMNS", "create_engine", "crypto_prices", "metadata", "tracked_symbols"]
 
 metadata = MetaData()
 
@@ -54,7 +57,8 @@ tracked_symbols = Table(
     Column("source", Text, nullable=False, server_default="api"),
 )
 
-CRYPTO_PRICES_COLUMNS: tuple[str, ...] = tuple(column.name for column in crypto_prices.columns)
+if tuple(column.name for column in crypto_prices.columns) != CRYPTO_PRICES_COLUMNS:
+    raise RuntimeError("pipeline.models.CRYPTO_PRICES_COLUMNS no longer matches crypto_prices")
 
 # Channel on which the registry announces symbol changes to every producer instance.
 SYMBOLS_CHANNEL = "tracked_symbols_changed"

@@ -26,6 +26,17 @@ from pipeline.errors import InvalidTrade
 from pipeline.settings import SYMBOL_PATTERN
 
 TRADE_EVENT_TYPE = "trade"
+# The columns of `crypto_prices` in table order (pipeline.db's Table; migration 0001).
+CRYPTO_PRICES_COLUMNS: tuple[str, ...] = (
+    "symbol",
+    "trade_id",
+    "price",
+    "quantity",
+    "event_time",
+    "trade_time",
+    "is_buyer_maker",
+    "processed_at",
+)
 
 
 def _decimal_string(value: Any) -> Any:

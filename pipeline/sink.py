@@ -31,9 +31,8 @@ from operator import itemgetter
 import asyncpg
 
 from pipeline import metrics
-from pipeline.db import CRYPTO_PRICES_COLUMNS
 from pipeline.errors import SinkUnavailable
-from pipeline.models import TradeEvent
+from pipeline.models import CRYPTO_PRICES_COLUMNS, TradeEvent
 from pipeline.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)

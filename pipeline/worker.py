@@ -18,16 +18,20 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import REGISTRY, generate_latest
 
-from pipeline.db import create_engine
-from pipeline.exchange import ExchangeClient
 from pipeline.logs import configure_logging
 from pipeline.service import Pipeline
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from pipeline.exchange import ExchangeClient
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +102,20 @@ async def serve(settings: Settings, stdin: asyncio.StreamReader, reports_fd: int
     # A Ctrl+C reaches the whole terminal's process group: the API process stops its workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reports = await _reports_pipe(reports_fd)
-    engine = create_engine(settings.database)
-    exchange = ExchangeClient(settings.binance)
-    pipeline = Pipeline(settings, engine, exchange)
-    try:
+    async with AsyncExitStack() as resources:
+        engine: AsyncEngine | None = None
+        exchange: ExchangeClient | None = None
+        if "producer" in settings.roles:
+            # Imported here: a consumer worker does without SQLAlchemy and httpx (see
+            # pipeline.service on imports per role).
+            from pipeline.db import create_engine
+            from pipeline.exchange import ExchangeClient
+
+            engine = create_engine(settings.database)
+            resources.push_async_callback(engine.dispose)
+            exchange = ExchangeClient(settings.binance)
+            resources.push_async_callback(exchange.close)
+        pipeline = Pipeline(settings, engine, exchange)
         await pipeline.start()
         reporter = asyncio.create_task(_report_forever(pipeline, reports))
         closed = asyncio.create_task(_answer_requests(pipeline, stdin, reports))
@@ -111,9 +125,6 @@ async def serve(settings: Settings, stdin: asyncio.StreamReader, reports_fd: int
             task.cancel()
         await pipeline.stop()
         await _send(reports, report(pipeline))  # the final counters
-    finally:
-        await exchange.close()
-        await engine.dispose()
     logger.info("worker stopped roles=%s", ",".join(sorted(settings.roles)))
 
 
