@@ -149,7 +149,7 @@ def _lifespan(
                 logger.error("%s", exc)
                 raise
             await _check_durability(engine)
-            reads = await PriceReads.open(settings.database)
+            reads = await PriceReads.open(settings.database, settings.api.latest_cache_ms / 1000)
             stack.push_async_callback(reads.close)
             exchange = ExchangeClient(settings.binance)
             stack.push_async_callback(exchange.close)

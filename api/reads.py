@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -49,6 +51,44 @@ class OrjsonResponse(Response):
         return orjson.dumps(content)
 
 
+class RecentAnswers:
+    """A symbol's answer reused for `ttl_s`, and fetched once for all the requests waiting on it.
+
+    The hot read is one symbol asked a thousand times a second: each asking PostgreSQL costs the
+    database and the event loop far more than the answer changes. Only found rows are kept (the
+    symbols with trades, a bounded set), so requests for unknown symbols cannot grow it.
+    """
+
+    def __init__(self, fetch: Callable[[str], Awaitable[Row | None]], ttl_s: float) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._answers: dict[str, tuple[float, Row]] = {}
+        self._fetching: dict[str, asyncio.Task[Row | None]] = {}
+
+    async def get(self, symbol: str) -> Row | None:
+        if self._ttl_s <= 0:
+            return await self._fetch(symbol)
+        kept = self._answers.get(symbol)
+        if kept is not None and time.monotonic() - kept[0] < self._ttl_s:
+            return kept[1]
+        task = self._fetching.get(symbol)
+        if task is None:
+            task = asyncio.create_task(self._refresh(symbol))
+            self._fetching[symbol] = task
+        # Shielded: a client that goes away must not cancel the fetch the others wait for.
+        return await asyncio.shield(task)
+
+    async def _refresh(self, symbol: str) -> Row | None:
+        started = time.monotonic()
+        try:
+            row = await self._fetch(symbol)
+        finally:
+            del self._fetching[symbol]
+        if row is not None:
+            self._answers[symbol] = (started, row)
+        return row
+
+
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """Pool reset hook: nothing to reset (see the module docstring)."""
 
@@ -56,18 +96,19 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 class PriceReads:
     """The stored-trade reads; one per service, opened and closed by the lifespan."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, latest_ttl_s: float = 0.0) -> None:
         self._pool = pool
+        self._latest = RecentAnswers(self._fetch_latest_trade, latest_ttl_s)
 
     @classmethod
-    async def open(cls, settings: DatabaseSettings) -> PriceReads:
+    async def open(cls, settings: DatabaseSettings, latest_ttl_s: float = 0.0) -> PriceReads:
         pool = await asyncpg.create_pool(
             settings.asyncpg_dsn,
             min_size=1,
             max_size=settings.pool_size,
             reset=_keep_session,
         )
-        return cls(pool)
+        return cls(pool, latest_ttl_s)
 
     async def close(self) -> None:
         try:
@@ -77,6 +118,10 @@ class PriceReads:
             self._pool.terminate()
 
     async def latest_trade(self, symbol: str) -> Row | None:
+        """The symbol's newest stored trade, at most `latest_ttl_s` old (see RecentAnswers)."""
+        return await self._latest.get(symbol)
+
+    async def _fetch_latest_trade(self, symbol: str) -> Row | None:
         row = await self._pool.fetchrow(queries.LATEST_TRADE, symbol)
         return None if row is None else dict(row)
 

@@ -137,8 +137,16 @@ async def _main() -> None:
     if not line:
         return  # the parent went away before sending settings
     settings = Settings.model_validate(orjson.loads(line))
-    os.nice(settings.worker_nice)
+    lower_priority(settings.worker_priority)
     await serve(settings, stdin, reports_fd)
+
+
+def lower_priority(priority: str) -> None:
+    """Give the API process's requests precedence over this worker's CPU use (see settings)."""
+    if priority == "idle" and hasattr(os, "sched_setscheduler"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif priority in ("idle", "low"):  # no SCHED_IDLE outside Linux: the lowest nice instead
+        os.nice(19 if priority == "idle" else 10)
 
 
 def settings_line(settings: Settings) -> bytes:

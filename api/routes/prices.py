@@ -85,6 +85,11 @@ async def latest_prices(reads: ReadsDep) -> Response:
 @router.get(
     "/{symbol}",
     summary="Latest trade of one symbol",
+    description=(
+        "The newest stored trade of the symbol. Served from a copy at most "
+        "`api.latest_cache_ms` (100 ms by default) old: the hot read does not ask PostgreSQL "
+        "on every request."
+    ),
     response_model=TradeOut,
     responses={**NOT_FOUND, **DB_ERRORS},
 )
