@@ -12,9 +12,9 @@ reference table ("a 2-core machine like ours"), so that our ratios mean what the
   SQLAlchemy consumer did (a session commit per message) — on a sample of the rows;
 * raw COPY, "the ceiling for the sink" (`copy_batches`): COPY of the same rows into the empty
   table in batches of `consumer_max_records` (the sink's batch size), one transaction per batch,
-  the records built from the same TradeEvents the sink is given, inside the clock. It is what
-  the sink does minus everything that makes it idempotent, so sink ÷ COPY says what the
-  idempotence costs, at the same batch size and commit count.
+  from the same row tuples the sink is given (the consumer decodes records straight into them).
+  It is what the sink does minus everything that makes it idempotent, so sink ÷ COPY says what
+  the idempotence costs, at the same batch size and commit count.
 
 The more favourable variants the harness used as headlines before are still measured and
 reported as extra figures (`rates.*`, `raw.variants[].baselines`), so nothing is hidden:
@@ -28,7 +28,7 @@ reported as extra figures (`rates.*`, `raw.variants[].baselines`), so nothing is
   Kafka offsets per batch cannot write that way, so it is no ceiling for the sink.
 
 Finally `sink`: `PostgresSink.write` in batches of `consumer_max_records`, the consumer's exact
-path minus Kafka (the TradeEvents are built before the clock starts).
+path minus Kafka and the decoding of the records into rows.
 """
 
 from __future__ import annotations
@@ -36,17 +36,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from operator import attrgetter
 
 import asyncpg
 
 from pipeline.db import CRYPTO_PRICES_COLUMNS
-from pipeline.models import TradeEvent
+from pipeline.models import Row
 from pipeline.settings import DatabaseSettings
 from pipeline.sink import PostgresSink
-
-Row = tuple[str, int, Decimal, Decimal, int, int, bool, int]
 
 _COLUMNS = ", ".join(CRYPTO_PRICES_COLUMNS)
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(CRYPTO_PRICES_COLUMNS) + 1))
@@ -56,8 +52,6 @@ _INSERT_ONE = (
 )
 _SERVER_SETTINGS = {"synchronous_commit": "on"}
 BARE_TABLE = "crypto_prices_bare"
-# TradeEvent → row in the column order, the cheapest way (the sink builds its rows alike).
-_row_of = attrgetter(*CRYPTO_PRICES_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -100,11 +94,6 @@ async def fetch_rows(dsn: str, ranges: dict[str, tuple[int, int]]) -> list[Row]:
     return [tuple(record) for record in records]
 
 
-def to_events(rows: Sequence[Row]) -> list[TradeEvent]:
-    """The TradeEvents the consumer would hand the sink for these rows (built off the clock)."""
-    return [TradeEvent(**dict(zip(CRYPTO_PRICES_COLUMNS, row, strict=True))) for row in rows]
-
-
 async def per_row(dsn: str, rows: Sequence[Row]) -> Rate:
     """Headline: one INSERT + COMMIT per message, an explicit transaction each (BEGIN, INSERT,
     COMMIT: the original consumer's session commit per message)."""
@@ -133,23 +122,21 @@ async def per_row_autocommit(dsn: str, rows: Sequence[Row]) -> Rate:
     return Rate(len(rows), elapsed)
 
 
-async def copy_batches(dsn: str, events: Sequence[TradeEvent], batch_size: int) -> Rate:
-    """Headline: COPY into the empty table in the sink's batches, one transaction each, the
-    records built from the TradeEvents inside the clock."""
+async def copy_batches(dsn: str, rows: Sequence[Row], batch_size: int) -> Rate:
+    """Headline: COPY into the empty table in the sink's batches, one transaction each."""
     connection = await _connect(dsn)
     columns = list(CRYPTO_PRICES_COLUMNS)
     try:
         started = time.perf_counter()
-        for start in range(0, len(events), batch_size):
-            records = list(map(_row_of, events[start : start + batch_size]))
+        for start in range(0, len(rows), batch_size):
             async with connection.transaction():
                 await connection.copy_records_to_table(
-                    "crypto_prices", records=records, columns=columns
+                    "crypto_prices", records=rows[start : start + batch_size], columns=columns
                 )
         elapsed = time.perf_counter() - started
     finally:
         await connection.close()
-    return Rate(len(events), elapsed)
+    return Rate(len(rows), elapsed)
 
 
 async def raw_copy(dsn: str, rows: Sequence[Row], *, bare: bool = False) -> Rate:
@@ -170,17 +157,17 @@ async def raw_copy(dsn: str, rows: Sequence[Row], *, bare: bool = False) -> Rate
     return Rate(len(rows), elapsed)
 
 
-async def sink(url: str, events: Sequence[TradeEvent], batch_size: int) -> Rate:
+async def sink(url: str, rows: Sequence[Row], batch_size: int) -> Rate:
     """PostgresSink.write in consumer-sized batches; checks every row was new."""
     writer = PostgresSink(DatabaseSettings(url=url))
     stored = 0
     try:
         started = time.perf_counter()
-        for start in range(0, len(events), batch_size):
-            stored += await writer.write(events[start : start + batch_size])
+        for start in range(0, len(rows), batch_size):
+            stored += await writer.write(rows[start : start + batch_size])
         elapsed = time.perf_counter() - started
     finally:
         await writer.close()
-    if stored != len(events):
-        raise RuntimeError(f"sink baseline stored {stored} of {len(events)} new rows")
-    return Rate(len(events), elapsed)
+    if stored != len(rows):
+        raise RuntimeError(f"sink baseline stored {stored} of {len(rows)} new rows")
+    return Rate(len(rows), elapsed)

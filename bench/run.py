@@ -150,7 +150,6 @@ class Run:
             self.failures.append(
                 f"baselines: {len(rows)} rows of the E2E flood, {e2e['trades']} sent"
             )
-        events = baselines.to_events(rows)
         batch = settings.kafka.consumer_max_records
         sample = rows[: config.per_row_sample]
         log.info("[baselines] one INSERT + COMMIT per message: %d rows", len(sample))
@@ -167,13 +166,11 @@ class Run:
         # The two figures of the sink ÷ COPY target, one right after the other.
         log.info("[baselines] raw COPY, batches of %d, one txn each: %d rows", batch, len(rows))
         copy = await baselines.copy_batches(
-            stack.dsn_for(await stack.fresh_database("copy")), events, batch
+            stack.dsn_for(await stack.fresh_database("copy")), rows, batch
         )
         log.info("  %.0f rows/s", copy.per_s)
         log.info("[baselines] PostgresSink.write, batches of %d: %d rows", batch, len(rows))
-        sink = await baselines.sink(
-            stack.url_for(await stack.fresh_database("sink")), events, batch
-        )
+        sink = await baselines.sink(stack.url_for(await stack.fresh_database("sink")), rows, batch)
         log.info("  %.0f rows/s", sink.per_s)
         log.info("[baselines] raw COPY of all rows in one COPY: %d rows", len(rows))
         one_shot_db = stack.dsn_for(await stack.fresh_database("copy_one_shot"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-import orjson
+import msgspec
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -24,6 +24,7 @@ from pydantic import (
 
 from pipeline.errors import InvalidTrade
 from pipeline.settings import SYMBOL_PATTERN
+from pipeline.trade_checks import is_epoch_millis, is_symbol, is_trade_id, positive_decimal
 
 TRADE_EVENT_TYPE = "trade"
 # The columns of `crypto_prices` in table order (pipeline.db's Table; migration 0001).
@@ -37,6 +38,10 @@ CRYPTO_PRICES_COLUMNS: tuple[str, ...] = (
     "is_buyer_maker",
     "processed_at",
 )
+_encode_json = msgspec.json.Encoder(decimal_format="string").encode
+
+# A trade as a row of `crypto_prices`, in its column order (CRYPTO_PRICES_COLUMNS).
+Row = tuple[str, int, Decimal, Decimal, int, int, bool, int]
 
 
 def _decimal_string(value: Any) -> Any:
@@ -71,24 +76,13 @@ class TradeEvent(BaseModel):
     processed_at: EpochMillis
 
     def to_kafka_value(self) -> bytes:
-        """The record value: UTF-8 JSON, decimals as strings."""
-        # orjson's result keeps its 4 KiB output buffer allocated; a right-sized copy keeps a
-        # record waiting in the producer's buffer (up to kafka.queue_size) at ~300 bytes.
-        value = orjson.dumps(
-            {
-                "symbol": self.symbol,
-                "trade_id": self.trade_id,
-                "price": str(self.price),
-                "quantity": str(self.quantity),
-                "event_time": self.event_time,
-                "trade_time": self.trade_time,
-                "is_buyer_maker": self.is_buyer_maker,
-                "processed_at": self.processed_at,
-            }
-        )
-        return memoryview(value).tobytes()
+        """The record value: UTF-8 JSON of the fields, decimals as strings (`str(Decimal)`)."""
+        # A model's __dict__ holds exactly its fields, in declaration order. msgspec encodes it
+        # in 0.46 µs (orjson with the str() calls: 1.1 µs) into right-sized bytes, so a record
+        # waiting in the producer's buffer (up to kafka.queue_size) stays at ~200 bytes.
+        return _encode_json(self.__dict__)
 
-    def as_row(self) -> tuple[str, int, Decimal, Decimal, int, int, bool, int]:
+    def as_row(self) -> Row:
         """Values in the column order of `crypto_prices`."""
         return (
             self.symbol,
@@ -100,6 +94,61 @@ class TradeEvent(BaseModel):
             self.is_buyer_maker,
             self.processed_at,
         )
+
+
+_new_event = object.__new__
+_set = object.__setattr__
+_ALL_FIELDS = frozenset(TradeEvent.model_fields)
+
+
+def _checked_event(
+    symbol: Any,
+    trade_id: Any,
+    price: Any,
+    quantity: Any,
+    event_time: Any,
+    trade_time: Any,
+    is_buyer_maker: Any,
+    processed_at: Any,
+) -> TradeEvent | None:
+    """The TradeEvent of these raw field values if pipeline.trade_checks accepts them all (then
+    TradeEvent would accept them too, with the same values), else None: TradeEvent's to judge.
+
+    Built the way pydantic's model_construct builds one (its state is its __dict__, the fields
+    set and no extras or privates), minus model_construct's own ~5 µs of Python.
+    """
+    price = positive_decimal(price)
+    quantity = positive_decimal(quantity)
+    if not (
+        price is not None
+        and quantity is not None
+        and is_symbol(symbol)
+        and is_trade_id(trade_id)
+        and is_epoch_millis(event_time)
+        and is_epoch_millis(trade_time)
+        and type(is_buyer_maker) is bool
+        and is_epoch_millis(processed_at)
+    ):
+        return None
+    event: TradeEvent = _new_event(TradeEvent)
+    _set(
+        event,
+        "__dict__",
+        {
+            "symbol": symbol,
+            "trade_id": trade_id,
+            "price": price,
+            "quantity": quantity,
+            "event_time": event_time,
+            "trade_time": trade_time,
+            "is_buyer_maker": is_buyer_maker,
+            "processed_at": processed_at,
+        },
+    )
+    _set(event, "__pydantic_fields_set__", set(_ALL_FIELDS))
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
 
 
 def _reason(exc: ValidationError) -> str:
@@ -116,6 +165,18 @@ def trade_from_binance(data: Any, processed_at: int) -> TradeEvent:
     event_type = data.get("e")
     if event_type != TRADE_EVENT_TYPE:
         raise InvalidTrade(f"unknown event type {event_type!r}")
+    event = _checked_event(
+        data.get("s"),
+        data.get("t"),
+        data.get("p"),
+        data.get("q"),
+        data.get("E"),
+        data.get("T"),
+        data.get("m"),
+        processed_at,
+    )
+    if event is not None:
+        return event
     try:
         return TradeEvent.model_validate(
             {

@@ -22,10 +22,9 @@ from dataclasses import asdict
 from typing import Any
 
 import orjson
-from prometheus_client import REGISTRY, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.metrics import merge_expositions
+from pipeline.metrics import exposition, merge_expositions
 from pipeline.registry import SymbolRegistry
 from pipeline.settings import Role, Settings
 from pipeline.supervisor import SupervisedTask, TaskStatus
@@ -192,4 +191,4 @@ class ProcessPipeline:
     def metrics(self) -> bytes:
         """This process's exposition merged with the workers' latest (see merge_expositions)."""
         reports = [w.report["metrics"] for w in self._workers if w.report is not None]
-        return merge_expositions([generate_latest(REGISTRY).decode(), *reports])
+        return merge_expositions([exposition().decode(), *reports])

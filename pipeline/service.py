@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import REGISTRY, generate_latest
-
+from pipeline import metrics
 from pipeline.kafka_admin import ensure_topics
 from pipeline.settings import ALL_SYMBOLS, Settings
 from pipeline.supervisor import SupervisedTask, TaskStatus
@@ -222,7 +221,7 @@ class Pipeline:
 
     def metrics(self) -> bytes:
         """The Prometheus exposition of this process, where the roles run."""
-        return generate_latest(REGISTRY)
+        return metrics.exposition()
 
     async def refresh(self) -> None:
         """Nothing to do: status() and metrics() read this process's state directly."""

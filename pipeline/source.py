@@ -72,13 +72,21 @@ class SourceStatus:
 
 
 class _SymbolState:
-    __slots__ = ("last_id", "last_time", "valid_metric")
+    __slots__ = ("last_id", "last_time", "valid", "valid_metric", "valid_reported")
 
     def __init__(self, symbol: str, last_id: int | None) -> None:
         self.last_id = last_id
         self.last_time: int | None = None
-        # The labelled child, looked up once: .labels() per frame would cost a dict and a lock.
+        # Valid trades, counted here per frame and added to valid_metric (the labelled child,
+        # looked up once) by `report_valid()`: an inc() per frame costs a lock and ~0.3 µs.
+        self.valid = 0
         self.valid_metric = metrics.TRADES_VALID.labels(symbol)
+        self.valid_reported = 0
+
+    def report_valid(self) -> None:
+        valid = self.valid
+        self.valid_metric.inc(valid - self.valid_reported)
+        self.valid_reported = valid
 
 
 def assign_streams(
@@ -127,7 +135,9 @@ class BinanceSource:
         self._valid = 0
         self._invalid = 0
         self._received_metric = metrics.TRADES_RECEIVED.labels(WS_SOURCE)
+        self._received_reported = 0
         self._rejected_metric = metrics.TRADES_REJECTED.labels(WS_SOURCE)
+        metrics.on_collect(self._report_counts)
 
     @property
     def symbols(self) -> frozenset[str]:
@@ -152,7 +162,7 @@ class BinanceSource:
             removed = sorted(self._states.keys() - wanted)
             added = sorted(wanted - self._states.keys())
             for symbol in removed:
-                del self._states[symbol]
+                self._states.pop(symbol).report_valid()
                 await self._backfiller.cancel(symbol)
             for symbol in added:
                 self._states[symbol] = _SymbolState(symbol, self._resume.pop(symbol, None))
@@ -209,7 +219,6 @@ class BinanceSource:
                 await self._reject(raw, "frame has neither `data` nor an event type")
                 return None
         self._received += 1
-        self._received_metric.inc()
         if len(raw) > MAX_TRADE_FRAME_BYTES:
             reason = f"frame of {len(raw)} bytes, a trade frame has at most {MAX_TRADE_FRAME_BYTES}"
             await self._reject(raw, reason, counted=True)
@@ -225,7 +234,7 @@ class BinanceSource:
             # Still in flight after an UNSUBSCRIBE: a valid trade all the same, so publish it.
             metrics.TRADES_VALID.labels(event.symbol).inc()
         else:
-            state.valid_metric.inc()
+            state.valid += 1
             trade_id = event.trade_id
             last = state.last_id
             if last is None or trade_id > last:
@@ -249,13 +258,21 @@ class BinanceSource:
     async def _reject(self, raw: bytes, reason: str, *, counted: bool = False) -> None:
         if not counted:
             self._received += 1
-            self._received_metric.inc()
         self._invalid += 1
         self._rejected_metric.inc()
         if self._invalid == 1 or self._invalid % 1000 == 0:
             # Sampled: a malformed feed must not turn into a log flood.
             logger.warning("frame dead-lettered invalid_total=%d reason=%s", self._invalid, reason)
         await self._publisher.dead_letter(raw, reason, WS_SOURCE)
+
+    def _report_counts(self) -> None:
+        """Add the frames and valid trades counted since the last call to their counters (an
+        on_collect hook: run before every exposition)."""
+        received = self._received
+        self._received_metric.inc(received - self._received_reported)
+        self._received_reported = received
+        for state in list(self._states.values()):
+            state.report_valid()
 
     async def _reconcile(self) -> None:
         """Make the connections carry exactly the tracked symbols."""
@@ -303,4 +320,5 @@ class BinanceSource:
         async with self._lock:
             await self._stop_connection(*self._connections)
             self._placement.clear()
+        self._report_counts()
         await self._backfiller.close()

@@ -22,9 +22,9 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client import REGISTRY, generate_latest
 
 from pipeline.logs import configure_logging
+from pipeline.metrics import exposition
 from pipeline.service import Pipeline
 from pipeline.settings import Settings
 
@@ -44,7 +44,7 @@ def report(pipeline: Pipeline, answer: int | None = None) -> bytes:
     body = {
         "answer": answer,
         "status": pipeline.status(),
-        "metrics": generate_latest(REGISTRY).decode(),
+        "metrics": exposition().decode(),
     }
     return orjson.dumps(body, default=str) + b"\n"
 

@@ -6,7 +6,7 @@ import random
 import uuid
 from decimal import Decimal
 
-from pipeline.models import TradeEvent
+from pipeline.models import Row, TradeEvent
 from pipeline.settings import PROJECT_ROOT
 
 
@@ -33,6 +33,11 @@ def make_trades(
                 )
             )
     return trades
+
+
+def rows_of(trades: list[TradeEvent]) -> list[Row]:
+    """What the consumer hands the sink for these trades."""
+    return [trade.as_row() for trade in trades]
 
 
 def keys(trades: list[TradeEvent]) -> set[tuple[str, int]]:

@@ -15,7 +15,7 @@ from pipeline.models import TradeEvent
 from pipeline.producer import EventProducer
 from pipeline.settings import Settings
 from pipeline.sink import PostgresSink
-from tests.factories import keys, make_trades
+from tests.factories import keys, make_trades, rows_of
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,7 @@ async def test_batch_stored_before_a_crash_is_replayed_without_duplicates(
     await produce_all(settings, trades)
     sink = PostgresSink(settings.database)
     try:
-        assert await sink.write(trades[:700]) == 700  # what the dead consumer had stored
+        assert await sink.write(rows_of(trades[:700])) == 700  # what the dead consumer had stored
     finally:
         await sink.close()
     lag = await consumer_lag(settings.kafka)

@@ -7,11 +7,10 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from pipeline import sink as sink_module
 from pipeline.models import TradeEvent
 from pipeline.settings import Settings
 from pipeline.sink import PostgresSink, _PathChooser, unique_rows
-from tests.factories import keys, make_trades
+from tests.factories import keys, make_trades, rows_of
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +30,7 @@ async def test_batch_is_stored_with_exact_decimals(settings: Settings) -> None:
     trades = make_trades(["BTCUSDT", "ETHUSDT"], 500)
     sink = PostgresSink(settings.database)
     try:
-        assert await sink.write(trades) == 1000
+        assert await sink.write(rows_of(trades)) == 1000
     finally:
         await sink.close()
     rows = await stored(settings)
@@ -47,8 +46,8 @@ async def test_duplicates_inside_and_across_batches_are_stored_once(settings: Se
     trades = make_trades(["SOLUSDT"], 300)
     sink = PostgresSink(settings.database)
     try:
-        first = await sink.write(trades[:200] + trades[:50])
-        replay = await sink.write(trades)
+        first = await sink.write(rows_of(trades[:200] + trades[:50]))
+        replay = await sink.write(rows_of(trades))
     finally:
         await sink.close()
     assert (first, replay) == (200, 100)
@@ -60,7 +59,7 @@ async def test_duplicates_inside_and_across_batches_are_stored_once(settings: Se
 async def test_sink_session_keeps_synchronous_commit_on(settings: Settings) -> None:
     sink = PostgresSink(settings.database)
     try:
-        await sink.write(make_trades(["BTCUSDT"], 1))
+        await sink.write(rows_of(make_trades(["BTCUSDT"], 1)))
         pool = await sink._get_pool()
         async with pool.acquire() as connection:
             assert await connection.fetchval("SHOW synchronous_commit") == "on"
@@ -108,11 +107,11 @@ async def test_batch_with_some_rows_stored_stores_exactly_the_new_ones(
     spy = PathSpy(monkeypatch)
     sink = PostgresSink(settings.database)
     try:
-        assert await sink.write(old) == 120
+        assert await sink.write(rows_of(old)) == 120
         assert spy.reset() == (1, 0)  # every row new: COPY straight into the table
         before = {s: stored_count(s) for s in symbols}
         # Stored and new rows interleaved, one new row twice.
-        assert await sink.write(trades + new[:1]) == 80
+        assert await sink.write(rows_of(trades + new[:1])) == 80
         assert spy.reset() == (1, 1)  # the COPY conflicted: rolled back, staging path
     finally:
         await sink.close()
@@ -125,10 +124,10 @@ async def test_batch_entirely_stored_adds_nothing(settings: Settings) -> None:
     trades = make_trades(["LINKUSDT", "AVAXUSDT"], 50)
     sink = PostgresSink(settings.database)
     try:
-        assert await sink.write(trades) == 100
+        assert await sink.write(rows_of(trades)) == 100
         before = (stored_count("LINKUSDT"), stored_count("AVAXUSDT"))
-        assert await sink.write(trades) == 0
-        assert await sink.write(list(reversed(trades))) == 0
+        assert await sink.write(rows_of(trades)) == 0
+        assert await sink.write(rows_of(list(reversed(trades)))) == 0
     finally:
         await sink.close()
     assert (stored_count("LINKUSDT"), stored_count("AVAXUSDT")) == before
@@ -146,20 +145,20 @@ async def test_repeated_replays_after_a_conflict_store_each_row_once(
     spy = PathSpy(monkeypatch)
     sink = PostgresSink(settings.database)
     try:
-        assert [await sink.write(batch) for batch in first] == [50] * 8
+        assert [await sink.write(rows_of(batch)) for batch in first] == [50] * 8
         assert spy.reset() == (8, 0)
         for _ in range(3):  # three replays of everything stored so far
-            assert [await sink.write(batch) for batch in first] == [0] * 8
+            assert [await sink.write(rows_of(batch)) for batch in first] == [0] * 8
         fast_attempts, staged = spy.reset()
         assert staged == 24
         assert fast_attempts <= 2, "a replay must not cost a failed COPY per batch"
         # Replay over: back to the fast path within a batch or two.
-        assert [await sink.write(batch) for batch in rest[:4]] == [50] * 4
+        assert [await sink.write(rows_of(batch)) for batch in rest[:4]] == [50] * 4
         fast_attempts, staged = spy.reset()
         assert fast_attempts >= 3 and staged <= 1
         # Every batch half replayed, half new.
         mixed = [first[i] + rest[4 + i] for i in range(4)]
-        assert [await sink.write(batch) for batch in mixed] == [50] * 4
+        assert [await sink.write(rows_of(batch)) for batch in mixed] == [50] * 4
     finally:
         await sink.close()
     rows = await stored(settings)
@@ -185,9 +184,9 @@ async def test_both_paths_keep_exact_decimals(settings: Settings) -> None:
             )
     sink = PostgresSink(settings.database)
     try:
-        assert await sink.write(fast_batch) == 4  # fast path: all new
+        assert await sink.write(rows_of(fast_batch)) == 4  # fast path: all new
         # fast_batch again (stored) + staged_batch (new): the staging path stores these.
-        assert await sink.write(fast_batch + staged_batch) == 4
+        assert await sink.write(rows_of(fast_batch + staged_batch)) == 4
     finally:
         await sink.close()
     rows = {(r["symbol"], r["trade_id"]): r for r in await stored(settings)}
@@ -231,10 +230,9 @@ def test_path_choice_after_conflicts() -> None:
     assert choose_paths(chooser, [True, False, False]) == "XSF"
 
 
-def test_rows_are_the_events_rows_in_arrival_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    trades = make_trades(["BTCUSDT", "ETHUSDT"], 20)
-    batch = trades + trades[5:9] + list(reversed(trades[:3]))
-    expected = [trade.as_row() for trade in trades]
-    assert unique_rows(batch) == expected
-    monkeypatch.setattr(sink_module, "_FIELDS_ARE_COLUMNS", False)  # the as_row() fallback
-    assert unique_rows(batch) == expected
+def test_unique_rows_keeps_the_first_of_each_key_in_arrival_order() -> None:
+    rows = rows_of(make_trades(["BTCUSDT", "ETHUSDT"], 20))
+    assert unique_rows(rows) == rows
+    twin = (*rows[6][:2], Decimal("1"), Decimal("1"), 0, 0, False, 0)  # same key, other values
+    assert unique_rows(rows + rows[5:9] + [twin] + list(reversed(rows[:3]))) == rows
+    assert unique_rows([twin, *rows]) == [twin, *rows[:6], *rows[7:]]

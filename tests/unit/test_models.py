@@ -38,8 +38,25 @@ def test_binance_frame_becomes_event_with_exact_decimals() -> None:
 def test_kafka_value_round_trips_without_losing_a_digit() -> None:
     event = trade_from_binance(FRAME, processed_at=1)
     value = event.to_kafka_value()
-    assert orjson.loads(value)["price"] == "37123.45000000"
+    assert orjson.loads(value) == {
+        "symbol": "BTCUSDT",
+        "trade_id": 4_200_000_001,
+        "price": "37123.45000000",
+        "quantity": "0.00120000",
+        "event_time": 1_700_000_000_123,
+        "trade_time": 1_700_000_000_120,
+        "is_buyer_maker": True,
+        "processed_at": 1,
+    }
     assert trade_from_kafka(value) == event
+
+
+@pytest.mark.parametrize("digits", ["1E-8", "1E+3", "0.00000100", "123456789.123456789012345678"])
+def test_kafka_value_writes_decimals_as_str_does(digits: str) -> None:
+    event = trade_from_binance({**FRAME, "p": digits, "q": digits}, processed_at=1)
+    fields = orjson.loads(event.to_kafka_value())
+    assert (fields["price"], fields["quantity"]) == (str(Decimal(digits)), str(Decimal(digits)))
+    assert trade_from_kafka(event.to_kafka_value()) == event
 
 
 def test_rest_item_uses_trade_time_as_event_time() -> None:

@@ -8,7 +8,9 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline import metrics
 from pipeline.exchange import ExchangeClient
 from pipeline.settings import BinanceSettings
 from pipeline.source import BinanceSource
@@ -254,3 +256,35 @@ async def test_set_symbols_before_run_opens_no_connection() -> None:
     await source.set_symbols(["BTCUSDT"])
     status = source.status()
     assert status.connections == () and not status.running
+
+
+def _sample(text: bytes, name: str, label: str, value: str) -> float:
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get(label) == value:
+                return sample.value
+    return 0.0
+
+
+async def test_frame_counts_are_in_every_exposition() -> None:
+    def counts() -> tuple[float, float, float]:
+        text = metrics.exposition()
+        return (
+            _sample(text, "pipeline_trades_received_total", "source", "ws"),
+            _sample(text, "pipeline_trades_validated_total", "symbol", "XRPUSDT"),
+            _sample(text, "pipeline_trades_rejected_total", "source", "ws"),
+        )
+
+    source, _, _ = make_source()
+    await source.set_symbols(["XRPUSDT"])
+    before = counts()
+    for trade_id in (1, 2, 3, 3):
+        await source.handle_frame(frame("XRPUSDT", trade_id))
+    await source.handle_frame(frame("XRPUSDT", 4, p="-3"))
+    after = counts()
+    assert tuple(a - b for a, b in zip(after, before, strict=True)) == (5, 4, 1)
+    # A symbol dropped keeps its count; counted frames are not counted again.
+    await source.handle_frame(frame("XRPUSDT", 5))
+    await source.set_symbols([])
+    assert counts()[1] - after[1] == 1
+    assert counts()[1] - after[1] == 1

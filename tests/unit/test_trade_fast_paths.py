@@ -1,0 +1,124 @@
+"""trade_from_binance's fast path (pipeline.trade_checks, no pydantic) agrees with TradeEvent.
+
+For every Binance trade payload in the corpus, trade_from_binance either returns the very event
+`TradeEvent.model_validate` returns for it (same values, same Decimal digits, same model state),
+or raises InvalidTrade with pydantic's reason.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pydantic
+import pytest
+
+from pipeline import models
+from pipeline.errors import InvalidTrade
+from pipeline.models import TradeEvent, trade_from_binance
+
+PROCESSED_AT = 1_700_000_000_200
+FRAME: dict[str, Any] = {
+    "e": "trade",
+    "E": 1_700_000_000_123,
+    "s": "BTCUSDT",
+    "t": 4_200_000_001,
+    "p": "37123.45000000",
+    "q": "0.00120000",
+    "T": 1_700_000_000_120,
+    "m": True,
+    "M": True,
+}
+_MISSING = object()
+_STRINGS = ["", "x", "1", "BTCUSDT", "btcusdt", "BTCUSDT\n", " 1.5", "1_0", "+1", ".5", "5."]
+_NUMBERS_AS_TEXT = ["0", "-0", "0.0", "-1", "1E-8", "1e300", "9.99e299", "1.8e308", "1e-400"]
+_SPECIAL = ["NaN", "nan", "sNaN", "-NaN", "Infinity", "-inf", "0x10", "1,5", "\u0661", "1e999999"]
+_OTHERS: list[Any] = [None, True, False, 0, 1, -1, 1.0, 1.5, 2**63, 10**14, 10**14 - 1, [], {}]
+VARIANTS: dict[str, list[Any]] = {
+    key: [_MISSING, *_STRINGS, *_NUMBERS_AS_TEXT, *_SPECIAL, *_OTHERS]
+    for key in ("s", "t", "p", "q", "E", "T", "m")
+}
+VARIANTS["s"] += [
+    "AB",
+    "A" * 20,
+    "A" * 21,
+    "1INCHUSDT",
+    "BTC-USDT",
+    "\uff22\uff34\uff23",
+    "BTC\u0130",
+]
+PAYLOADS = [FRAME] + [
+    {**{k: v for k, v in FRAME.items() if k != key}, **({} if value is _MISSING else {key: value})}
+    for key, values in VARIANTS.items()
+    for value in values
+]
+
+
+def _pydantic(data: dict[str, Any], processed_at: Any) -> TradeEvent | str:
+    """What TradeEvent alone makes of the payload: the event, or the reason it is refused."""
+    fields = dict(zip(("symbol", "trade_id", "price", "quantity"), "stpq", strict=True))
+    fields |= {"event_time": "E", "trade_time": "T", "is_buyer_maker": "m"}
+    try:
+        return TradeEvent.model_validate(
+            {name: data.get(key) for name, key in fields.items()} | {"processed_at": processed_at}
+        )
+    except pydantic.ValidationError as exc:
+        return models._reason(exc)
+
+
+def _fast(data: dict[str, Any], processed_at: Any) -> TradeEvent | str:
+    try:
+        return trade_from_binance(data, processed_at)
+    except InvalidTrade as exc:
+        return str(exc)
+
+
+def _state(result: TradeEvent | str) -> Any:
+    """Everything about an event that could differ: field values with their types and Decimal
+    digits, and pydantic's own bookkeeping."""
+    if isinstance(result, str):
+        return result
+    return (
+        {
+            name: (type(v), v.as_tuple() if isinstance(v, Decimal) else v)
+            for name, v in vars(result).items()
+        },
+        result.model_fields_set,
+        result.__pydantic_extra__,
+        result.__pydantic_private__,
+        result.to_kafka_value(),
+        result.model_dump_json(),
+        repr(result),
+        hash(result),
+    )
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=repr)
+def test_fast_path_agrees_with_trade_event(payload: dict[str, Any]) -> None:
+    assert _state(_fast(payload, PROCESSED_AT)) == _state(_pydantic(payload, PROCESSED_AT))
+
+
+@pytest.mark.parametrize("processed_at", [0, 10**14 - 1, 10**14, -1, 1.0, True, "1", None])
+def test_processed_at_is_checked_like_trade_event(processed_at: Any) -> None:
+    assert _state(_fast(FRAME, processed_at)) == _state(_pydantic(FRAME, processed_at))
+
+
+def test_valid_payload_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pydantic(*args: Any, **kwargs: Any) -> TradeEvent:
+        raise AssertionError("pydantic validation on the fast path")
+
+    monkeypatch.setattr(TradeEvent, "model_validate", no_pydantic)
+    event = trade_from_binance(FRAME, PROCESSED_AT)
+    assert event.price == Decimal("37123.45000000")
+
+
+def test_fast_event_behaves_like_a_validated_one() -> None:
+    fast = trade_from_binance(FRAME, PROCESSED_AT)
+    validated = _pydantic(FRAME, PROCESSED_AT)
+    assert fast == validated and validated == fast
+    assert {fast, validated} == {fast}
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        fast.price = Decimal(1)  # type: ignore[misc]
+    copy = fast.model_copy(update={"trade_id": 5})
+    assert (copy.trade_id, copy.price, fast.trade_id) == (5, fast.price, FRAME["t"])
+    assert TradeEvent.model_validate_json(fast.to_kafka_value()) == fast
