@@ -58,9 +58,6 @@ class WorkerProcess:
     async def stop(self) -> None:
         await self._task.stop(self._settings.shutdown_timeout_s + KILL_GRACE_S + 0.5)
 
-    def status(self) -> TaskStatus:
-        return self._task.status()
-
     async def _run(self) -> None:
         self.report = None
         process = await asyncio.create_subprocess_exec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from pipeline.models import Row, TradeEvent
 from pipeline.settings import PROJECT_ROOT
@@ -77,3 +78,17 @@ def service_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
         "KAFKA__LINGER_MS": "5",
         "BINANCE__VERIFY_SYMBOLS": "false",
     }
+
+
+# A Binance trade frame's `data`, as the exchange sends it.
+BINANCE_TRADE: dict[str, Any] = {
+    "e": "trade",
+    "E": 1_700_000_000_123,
+    "s": "BTCUSDT",
+    "t": 4_200_000_001,
+    "p": "37123.45000000",
+    "q": "0.00120000",
+    "T": 1_700_000_000_120,
+    "m": True,
+    "M": True,
+}

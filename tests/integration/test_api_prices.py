@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -379,16 +378,6 @@ async def test_price_reads_use_the_symbol_trade_time_index_on_a_large_table(
 
 
 # -- PostgreSQL outage: the reads' own pool answers 503, then recovers ----------------------
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(tmp_path / "pg")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop(mode="immediate")
 
 
 PRICE_READS = (

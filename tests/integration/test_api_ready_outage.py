@@ -6,8 +6,7 @@ The test runs its own PostgreSQL server, so stopping it cannot disturb any other
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,16 +17,6 @@ from pipeline.stack import LocalPostgres
 from tests.api_harness import eventually, serve
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(tmp_path / "pg")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop(mode="immediate")
 
 
 async def _ready(client: httpx.AsyncClient, expected: int) -> dict[str, Any] | None:

@@ -7,18 +7,7 @@ import pytest
 
 from pipeline.errors import InvalidTrade
 from pipeline.models import TradeEvent, trade_from_binance, trade_from_kafka, trade_from_rest
-
-FRAME = {
-    "e": "trade",
-    "E": 1_700_000_000_123,
-    "s": "BTCUSDT",
-    "t": 4_200_000_001,
-    "p": "37123.45000000",
-    "q": "0.00120000",
-    "T": 1_700_000_000_120,
-    "m": True,
-    "M": True,
-}
+from tests.factories import BINANCE_TRADE as FRAME
 
 
 def test_binance_frame_becomes_event_with_exact_decimals() -> None:

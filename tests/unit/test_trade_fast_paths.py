@@ -16,19 +16,9 @@ import pytest
 from pipeline import models
 from pipeline.errors import InvalidTrade
 from pipeline.models import TradeEvent, trade_from_binance
+from tests.factories import BINANCE_TRADE as FRAME
 
 PROCESSED_AT = 1_700_000_000_200
-FRAME: dict[str, Any] = {
-    "e": "trade",
-    "E": 1_700_000_000_123,
-    "s": "BTCUSDT",
-    "t": 4_200_000_001,
-    "p": "37123.45000000",
-    "q": "0.00120000",
-    "T": 1_700_000_000_120,
-    "m": True,
-    "M": True,
-}
 _MISSING = object()
 _STRINGS = ["", "x", "1", "BTCUSDT", "btcusdt", "BTCUSDT\n", " 1.5", "1_0", "+1", ".5", "5."]
 _NUMBERS_AS_TEXT = ["0", "-0", "0.0", "-1", "1E-8", "1e300", "9.99e299", "1.8e308", "1e-400"]
