@@ -1,12 +1,14 @@
 """A worker process: one role of the pipeline, run for the API process that started it.
 
-`python -m pipeline.worker` reads its settings as one JSON line on stdin, runs a `Pipeline`
-with those roles, and writes a report (status, tasks, Prometheus exposition) as one JSON line
-on its original stdout every REPORT_INTERVAL_S, and at once for every `report <n>` line on
-stdin, answering `n` (so the API's /pipeline/status is never stale). It stops cleanly — source stopped, producer
-flushed, consumer's batch committed — when stdin closes (the parent asked, or died: a SIGKILLed
-API process leaves no orphan running) or on SIGTERM. It ignores SIGINT: a Ctrl+C in the
-terminal reaches every process of its group, and the API process stops its workers itself.
+`python -m pipeline.worker` reads its settings as one JSON line on stdin and runs a `Pipeline`
+with those roles. On its original stdout it writes a report (status, tasks, Prometheus
+exposition) as one JSON line every REPORT_INTERVAL_S, and at once for every `report <n>` line
+on stdin, answering `n` (so the API's /pipeline/status is never stale).
+
+It stops cleanly (source stopped, producer flushed, consumer's batch committed) when stdin
+closes — the parent asked, or died: a SIGKILLed API process leaves no orphan running — or on
+SIGTERM. It ignores SIGINT: a Ctrl+C in the terminal reaches every process of its group, and
+the API process stops its workers itself.
 
 Anything else that writes to stdout lands on stderr, so it cannot corrupt the reports.
 """
