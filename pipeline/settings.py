@@ -48,6 +48,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "BINANCE_REST_URL": ("binance", "rest_url"),
     "PIPELINE_ROLES": ("roles",),
     "PIPELINE_ISOLATION": ("isolation",),
+    "PIPELINE_WORKER_PRIORITY": ("worker_priority",),
     "API_KEY": ("api", "api_key"),
     "HOST": ("api", "host"),
     "PORT": ("api", "port"),

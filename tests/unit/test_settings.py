@@ -68,6 +68,15 @@ def test_empty_api_key_means_no_key() -> None:
         ({"PIPELINE_ROLES": "producer,sink"}, "invalid setting PIPELINE_ROLES (roles"),
         ({"BINANCE_WS_URL": "http://x"}, "invalid setting BINANCE_WS_URL (binance.ws_url)"),
         ({"LOG_FORMAT": "xml"}, "invalid setting LOG_FORMAT (log_format)"),
+        ({"PIPELINE_ISOLATION": "thread"}, "invalid setting PIPELINE_ISOLATION (isolation)"),
+        (
+            {"PIPELINE_WORKER_PRIORITY": "high"},
+            "invalid setting PIPELINE_WORKER_PRIORITY (worker_priority)",
+        ),
+        (
+            {"API__LATEST_CACHE_MS": "-1"},
+            "invalid setting API__LATEST_CACHE_MS (api.latest_cache_ms)",
+        ),
     ],
 )
 def test_invalid_environment_fails_with_one_line_naming_the_variable(
