@@ -145,39 +145,34 @@ def merge_expositions(texts: list[str]) -> bytes:
     one role sets (the others report 0), so a sum is right for all of them. process_* and
     python_* describe one process: only the first text's are kept.
     """
-    families: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    merged: dict[str, tuple[Metric, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
     for index, text in enumerate(texts):
         for family in text_string_to_metric_families(text):
             if index > 0 and family.name.startswith(_PER_PROCESS_PREFIXES):
                 continue
-            if family.name not in families:
-                families[family.name] = Metric(family.name, family.documentation, family.type)
-                values[family.name] = {}
-            merged = values[family.name]
+            if family.name not in merged:
+                merged[family.name] = (Metric(family.name, family.documentation, family.type), {})
+            values = merged[family.name][1]
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 if sample.name.endswith("_created"):
                     # A creation time: the earliest one, not a sum.
-                    merged[key] = min(merged.get(key, sample.value), sample.value)
+                    values[key] = min(values.get(key, sample.value), sample.value)
                 else:
-                    merged[key] = merged.get(key, 0.0) + sample.value
+                    values[key] = values.get(key, 0.0) + sample.value
+    for metric, values in merged.values():
+        for (sample_name, labels), value in values.items():
+            metric.add_sample(sample_name, dict(labels), value)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged(families, values))
+    registry.register(_Families([metric for metric, _ in merged.values()]))
     return generate_latest(registry)
 
 
-class _Merged(Collector):
-    def __init__(
-        self,
-        families: dict[str, Metric],
-        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]],
-    ) -> None:
+class _Families(Collector):
+    """Metric families built already, for generate_latest()."""
+
+    def __init__(self, families: list[Metric]) -> None:
         self._families = families
-        self._values = values
 
     def collect(self) -> Iterator[Metric]:
-        for name, family in self._families.items():
-            for (sample_name, labels), value in self._values[name].items():
-                family.add_sample(sample_name, dict(labels), value)
-            yield family
+        return iter(self._families)

@@ -75,19 +75,21 @@ class WorkerProcess:
         try:
             process.stdin.write(settings_line(self._settings))
             await process.stdin.drain()
-            while line := await process.stdout.readline():
-                await self._received(line)
+            await self._read_reports(process)
             code = await process.wait()
             raise RuntimeError(f"worker exited with status {code}")
         finally:
             await self._terminate(process)
 
-    async def _received(self, line: bytes) -> None:
-        self.report = orjson.loads(line)
-        async with self._reported:
-            if self.report["answer"] is not None:
-                self._answered = max(self._answered, self.report["answer"])
-            self._reported.notify_all()
+    async def _read_reports(self, process: asyncio.subprocess.Process) -> None:
+        """Keep the latest report until the worker closes its stdout; wake who asked for one."""
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            self.report = orjson.loads(line)
+            async with self._reported:
+                if self.report["answer"] is not None:
+                    self._answered = max(self._answered, self.report["answer"])
+                self._reported.notify_all()
 
     async def refresh(self) -> None:
         """Ask the worker for a report and wait for it (bounded): the figures of this moment."""
@@ -113,8 +115,7 @@ class WorkerProcess:
             async with asyncio.timeout(deadline):
                 # Keep reading: the last report holds the final counters, and a full pipe
                 # would block the worker's stop.
-                while line := await process.stdout.readline():
-                    await self._received(line)
+                await self._read_reports(process)
                 await process.wait()
         except TimeoutError:
             logger.error("%s worker did not stop within %.0f s; killing it", self.role, deadline)
