@@ -8,9 +8,8 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection
 
-from pipeline.connection import StreamConnection
+from pipeline.connection import Socket, StreamConnection
 from pipeline.pacing import AttemptWindow
 from pipeline.settings import BinanceSettings
 
@@ -19,7 +18,7 @@ class FakeSocket:
     def __init__(self) -> None:
         self.sent: list[tuple[float, dict[str, Any]]] = []
 
-    async def send(self, message: str) -> None:
+    async def send_str(self, message: str) -> None:
         self.sent.append((time.monotonic(), orjson.loads(message)))
 
 
@@ -32,7 +31,7 @@ def open_connection(streams: list[str], rate: float = 4.0) -> tuple[StreamConnec
     connection = StreamConnection("ws-1", settings, no_frames, AttemptWindow(300, 300), streams)
     socket = FakeSocket()
     # As if connected with `streams` in the URL.
-    connection._ws = cast(ClientConnection, socket)
+    connection._ws = cast(Socket, socket)
     connection._active = set(streams)
     return connection, socket
 
