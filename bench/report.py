@@ -137,6 +137,7 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
     per_row_autocommit = _get(base, "per_row_autocommit.rows_per_s")
     copy = _get(base, "copy.rows_per_s")
     copy_one_shot = _get(base, "copy_one_shot.rows_per_s")
+    copy_text = _get(base, "copy_text.rows_per_s")
     sink = _get(base, "sink.rows_per_s")
     replay = _get(primary, "replay.rows_per_s")
     api_idle = _get(primary, "api_idle.latency_ms.p99")
@@ -158,6 +159,8 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
             "e2e_vs_per_row_autocommit": _ratio(e2e, per_row_autocommit, 1),
             "sink_vs_copy_one_shot": _ratio(sink, copy_one_shot),
             "e2e_vs_copy_one_shot": _ratio(e2e, copy_one_shot),
+            "sink_vs_copy_text": _ratio(sink, copy_text),
+            "e2e_vs_copy_text": _ratio(e2e, copy_text),
         },
         "rates": {
             "e2e_msgs_per_s": e2e,
@@ -166,6 +169,7 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
             "per_row_autocommit_rows_per_s": per_row_autocommit,
             "copy_rows_per_s": copy,
             "copy_batch_size": _get(base, "copy.batch_size"),
+            "copy_text_rows_per_s": copy_text,
             "copy_one_shot_rows_per_s": copy_one_shot,
             "copy_one_shot_no_indexes_rows_per_s": _get(
                 base, "copy_one_shot_no_indexes.rows_per_s"
@@ -291,6 +295,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("per-row sink: INSERT + COMMIT per message (txn each)", "per_row_rows_per_s"),
         ("  same, autocommit (prepared, 1 round trip per row)", "per_row_autocommit_rows_per_s"),
         ("raw COPY into the empty table, sink-sized batches", "copy_rows_per_s"),
+        ("  same, text format (the sink's encoding)", "copy_text_rows_per_s"),
         ("  raw COPY, all rows in one COPY", "copy_one_shot_rows_per_s"),
         ("  same, table without indexes", "copy_one_shot_no_indexes_rows_per_s"),
         ("sink stage alone (PostgresSink.write)", "sink_rows_per_s"),
@@ -341,6 +346,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{target['description']:<60}{_fmt(target['value']):>12}  {target['target']:<14}"
             f"{'yes' if target['met'] else 'NO':>4}"
         )
+    ratios = report["ratios"]
+    lines.append(
+        f"against raw COPY in text format (the sink's encoding; no target): sink "
+        f"{_fmt(ratios['sink_vs_copy_text'])}x, E2E {_fmt(ratios['e2e_vs_copy_text'])}x"
+    )
     lines.append(f"\n{report['targets_met']}/{report['targets_total']} targets met")
     lines += [f"FAILED: {failure}" for failure in report["failures"]]
     return "\n".join(lines)

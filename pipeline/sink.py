@@ -12,6 +12,11 @@ stored in one transaction by one of two paths:
   table and moved with `INSERT … SELECT … ON CONFLICT (symbol, trade_id) DO NOTHING RETURNING`,
   which counts exactly the rows that were new, per symbol.
 
+Both COPY the batch in PostgreSQL's text format, written here (`copy_text`): asyncpg's binary
+COPY of the same tuples encodes each Decimal in Python-level code, ~3 µs of client CPU a row
+against ~0.6 µs for the text lines, and the server parses either at the same cost (measured on
+100k rows into the indexed table: client + server 6.1 µs/row binary, 3.2 text).
+
 Either way a batch is stored whole or not at all, and a replay adds no row. Measured side by
 side on 200k fresh rows in batches of 5,000: the fast path runs at 0.90 to 0.98x a plain COPY
 of the same batches (one transaction each), the staging path at 0.63 to 0.73x (itself ~1.4x
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 
 import asyncpg
@@ -33,6 +38,7 @@ from pipeline import metrics
 from pipeline.errors import SinkUnavailable
 from pipeline.models import CRYPTO_PRICES_COLUMNS, Row
 from pipeline.settings import DatabaseSettings
+from pipeline.trade_checks import is_symbol
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,32 @@ _SERVER_SETTINGS = {"synchronous_commit": "on"}
 
 async def _prepare_connection(connection: asyncpg.Connection) -> None:
     await connection.execute(_CREATE_STAGING)
+
+
+def copy_text(rows: Iterable[Row]) -> bytes:
+    """The rows as the body of a `COPY … FROM STDIN` in text format (tab-separated, one line each).
+
+    No value needs escaping: rows are validated trades, whose only text is the symbol (checked
+    per batch against SYMBOL_PATTERN in `write`), and a finite Decimal, an int or a bool never
+    prints a tab, newline or backslash. str(Decimal) keeps the scale ("0.96900000") and may use
+    an exponent ("1.5E-7"), both of which PostgreSQL's numeric input reads exactly.
+    """
+    return "".join(
+        [
+            f"{symbol}\t{trade_id}\t{price!s}\t{quantity!s}\t{event_time}\t{trade_time}\t"
+            f"{'t' if is_buyer_maker else 'f'}\t{processed_at}\n"
+            for (
+                symbol,
+                trade_id,
+                price,
+                quantity,
+                event_time,
+                trade_time,
+                is_buyer_maker,
+                processed_at,
+            ) in rows
+        ]
+    ).encode()
 
 
 def unique_rows(rows: Sequence[Row]) -> list[Row]:
@@ -163,15 +195,20 @@ class PostgresSink:
         rows = unique_rows(batch)
         if not rows:
             return 0
+        by_symbol = Counter(map(_symbol_of, rows))
+        if not all(map(is_symbol, by_symbol)):
+            # copy_text needs it; a validated trade always passes (a bug otherwise, not an outage).
+            raise ValueError(f"not a symbol in the batch: {sorted(by_symbol)[:10]}")
+        data = copy_text(rows)
         pool = await self._get_pool()
         started = time.perf_counter()
         try:
             async with pool.acquire() as connection, connection.transaction():
                 stored_by_symbol = None
                 if self._chooser.try_fast():
-                    stored_by_symbol = await self._fast(connection, rows)
+                    stored_by_symbol = await self._fast(connection, data, by_symbol)
                 if stored_by_symbol is None:
-                    stored_by_symbol = await self._staged(connection, rows)
+                    stored_by_symbol = await self._staged(connection, data, len(rows))
         except _UNAVAILABLE as exc:
             raise SinkUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
         # Only now is the batch committed: the counters never count a rolled-back row.
@@ -186,33 +223,36 @@ class PostgresSink:
         return stored
 
     async def _fast(
-        self, connection: asyncpg.Connection, rows: list[Row]
+        self, connection: asyncpg.Connection, data: bytes, by_symbol: Counter[str]
     ) -> list[tuple[str, int]] | None:
         """COPY straight into the table under a savepoint; None (rolled back) on a conflict."""
         try:
             async with connection.transaction():  # nested: SAVEPOINT … RELEASE / ROLLBACK TO
-                await connection.copy_records_to_table(
-                    TABLE, records=rows, columns=CRYPTO_PRICES_COLUMNS
-                )
+                await _copy(connection, TABLE, data)
         except asyncpg.UniqueViolationError:
             self._chooser.fast_conflicted()
-            logger.debug("batch of %d rows has stored ones: staging path", len(rows))
+            logger.debug("batch of %d rows has stored ones: staging path", by_symbol.total())
             return None
         self._chooser.fast_stored()
-        return list(Counter(map(_symbol_of, rows)).items())
+        return list(by_symbol.items())
 
     async def _staged(
-        self, connection: asyncpg.Connection, rows: list[Row]
+        self, connection: asyncpg.Connection, data: bytes, rows: int
     ) -> list[tuple[str, int]]:
         """COPY into the staging table, move what is new; the count per symbol of those rows."""
-        await connection.copy_records_to_table(
-            STAGING_TABLE, records=rows, columns=CRYPTO_PRICES_COLUMNS
-        )
+        await _copy(connection, STAGING_TABLE, data)
         stored_by_symbol = [(r[0], r[1]) for r in await connection.fetch(_MOVE_STAGED)]
-        self._chooser.staging_stored(sum(count for _, count in stored_by_symbol) < len(rows))
+        self._chooser.staging_stored(sum(count for _, count in stored_by_symbol) < rows)
         return stored_by_symbol
 
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+
+async def _copy(connection: asyncpg.Connection, table: str, data: bytes) -> None:
+    # A memoryview: asyncpg would take bytes for a file path.
+    await connection.copy_to_table(
+        table, source=memoryview(data), columns=CRYPTO_PRICES_COLUMNS, format="text"
+    )

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.models import TradeEvent
 from pipeline.settings import Settings
-from pipeline.sink import PostgresSink, _PathChooser, unique_rows
+from pipeline.sink import PostgresSink, _PathChooser, copy_text, unique_rows
 from tests.factories import keys, make_trades, rows_of
 
 pytestmark = pytest.mark.integration
@@ -236,3 +236,25 @@ def test_unique_rows_keeps_the_first_of_each_key_in_arrival_order() -> None:
     twin = (*rows[6][:2], Decimal("1"), Decimal("1"), 0, 0, False, 0)  # same key, other values
     assert unique_rows(rows + rows[5:9] + [twin] + list(reversed(rows[:3]))) == rows
     assert unique_rows([twin, *rows]) == [twin, *rows[:6], *rows[7:]]
+
+
+def test_rows_become_copy_text_lines_in_column_order() -> None:
+    row = ("BTCUSDT", 7, Decimal("65013.27000000"), Decimal("1.5E-7"), 1, 2, True, 3)
+    assert copy_text([row, (*row[:6], False, 4)]) == (
+        b"BTCUSDT\t7\t65013.27000000\t1.5E-7\t1\t2\tt\t3\n"
+        b"BTCUSDT\t7\t65013.27000000\t1.5E-7\t1\t2\tf\t4\n"
+    )
+
+
+async def test_a_symbol_that_would_break_the_copy_text_is_refused_and_nothing_stored(
+    settings: Settings,
+) -> None:
+    good = rows_of(make_trades(["BTCUSDT"], 3))
+    bad = ("BTC\tUSDT", *good[0][1:])
+    sink = PostgresSink(settings.database)
+    try:
+        with pytest.raises(ValueError, match="not a symbol"):
+            await sink.write([*good, bad])
+    finally:
+        await sink.close()
+    assert await stored(settings) == []
