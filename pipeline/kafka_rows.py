@@ -46,7 +46,7 @@ def row_from_kafka(value: bytes | None) -> Row:
     if value is not None:
         try:
             trade = _decode(value)
-        except msgspec.DecodeError:  # also msgspec.ValidationError
+        except (msgspec.DecodeError, UnicodeDecodeError):  # DecodeError: also ValidationError
             pass
         else:
             price = positive_decimal(trade.price)

@@ -8,7 +8,7 @@ Prices and quantities are Decimal end to end; a float would round them.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from pydantic import (
@@ -112,23 +112,39 @@ def _checked_event(
     processed_at: Any,
 ) -> TradeEvent | None:
     """The TradeEvent of these raw field values if pipeline.trade_checks accepts them all (then
-    TradeEvent would accept them too, with the same values), else None: TradeEvent's to judge.
+    TradeEvent would accept them too, with the same values), else None: TradeEvent's to judge."""
+    if not (
+        is_trade_id(trade_id)
+        and is_epoch_millis(event_time)
+        and is_epoch_millis(trade_time)
+        and type(is_buyer_maker) is bool
+        and is_epoch_millis(processed_at)
+    ):
+        return None
+    return _event(
+        symbol, trade_id, price, quantity, event_time, trade_time, is_buyer_maker, processed_at
+    )
+
+
+def _event(
+    symbol: Any,
+    trade_id: int,
+    price: Any,
+    quantity: Any,
+    event_time: int,
+    trade_time: int,
+    is_buyer_maker: bool,
+    processed_at: int,
+) -> TradeEvent | None:
+    """The TradeEvent of checked ints and bool and of unchecked symbol, price and quantity; None
+    if trade_checks does not accept those.
 
     Built the way pydantic's model_construct builds one (its state is its __dict__, the fields
     set and no extras or privates), minus model_construct's own ~5 µs of Python.
     """
     price = positive_decimal(price)
     quantity = positive_decimal(quantity)
-    if not (
-        price is not None
-        and quantity is not None
-        and is_symbol(symbol)
-        and is_trade_id(trade_id)
-        and is_epoch_millis(event_time)
-        and is_epoch_millis(trade_time)
-        and type(is_buyer_maker) is bool
-        and is_epoch_millis(processed_at)
-    ):
+    if price is None or quantity is None or not is_symbol(symbol):
         return None
     event: TradeEvent = _new_event(TradeEvent)
     _set(
@@ -149,6 +165,47 @@ def _checked_event(
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event
+
+
+# TradeEvent's int fields, checked by msgspec while it decodes: strict (JSON integers only).
+# A trade id beyond PostgreSQL's bigint is left to the general path.
+_FrameEpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=10**14)]
+
+
+class _FrameTrade(msgspec.Struct):
+    """The `data` of a Binance trade frame, in the one shape Binance sends. Unknown keys (`M`)
+    are ignored, like TradeEvent's extra="ignore"; strings are checked after decoding."""
+
+    e: Literal["trade"]
+    E: _FrameEpochMillis
+    s: str
+    t: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    p: str
+    q: str
+    T: _FrameEpochMillis
+    m: bool
+
+
+class _CombinedFrame(msgspec.Struct):
+    data: _FrameTrade
+
+
+_decode_frame = msgspec.json.Decoder(_CombinedFrame).decode
+
+
+def trade_from_frame(raw: bytes, processed_at: int) -> TradeEvent | None:
+    """The TradeEvent of a combined-stream trade frame in its usual shape and valid, decoded in
+    one msgspec pass (~1 µs instead of ~2.7 for orjson + trade_from_binance); None for anything
+    else — a reply, a raw-stream frame, an invalid one —, which trade_from_binance's caller then
+    judges as before. Accepts a subset of what that path accepts, with the same values
+    (tests/unit/test_trade_fast_paths.py)."""
+    try:
+        data = _decode_frame(raw).data
+    except (msgspec.DecodeError, UnicodeDecodeError):  # DecodeError: also ValidationError
+        return None
+    if not is_epoch_millis(processed_at):
+        return None
+    return _event(data.s, data.t, data.p, data.q, data.E, data.T, data.m, processed_at)
 
 
 def _reason(exc: ValidationError) -> str:

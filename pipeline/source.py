@@ -26,7 +26,7 @@ from pipeline.backfill import Backfiller, ExchangeGap
 from pipeline.connection import ConnectionStatus, StreamConnection, stream_name, symbol_of
 from pipeline.errors import InvalidTrade
 from pipeline.exchange import ExchangeClient
-from pipeline.models import TradeEvent, trade_from_binance
+from pipeline.models import TradeEvent, trade_from_binance, trade_from_frame
 from pipeline.pacing import AttemptWindow
 from pipeline.settings import BinanceSettings, normalize_symbol
 
@@ -200,6 +200,17 @@ class BinanceSource:
 
     async def handle_frame(self, raw: bytes) -> dict[str, Any] | None:
         """Process one WebSocket frame; return it if it was a reply to a request of ours."""
+        processed_at = time.time_ns() // 1_000_000
+        # Nearly every frame is a valid combined-stream trade: one msgspec decode takes it.
+        # Anything else — a reply, a raw-stream frame, an invalid one — goes the general way.
+        event = trade_from_frame(raw, processed_at) if len(raw) <= MAX_TRADE_FRAME_BYTES else None
+        if event is None:
+            return await self._handle_other_frame(raw, processed_at)
+        self._received += 1
+        await self._take(event)
+        return None
+
+    async def _handle_other_frame(self, raw: bytes, processed_at: int) -> dict[str, Any] | None:
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -224,10 +235,15 @@ class BinanceSource:
             await self._reject(raw, reason, counted=True)
             return None
         try:
-            event = trade_from_binance(data, time.time_ns() // 1_000_000)
+            event = trade_from_binance(data, processed_at)
         except InvalidTrade as exc:
             await self._reject(raw, str(exc), counted=True)
             return None
+        await self._take(event)
+        return None
+
+    async def _take(self, event: TradeEvent) -> None:
+        """A valid trade: id bookkeeping (a jump schedules a backfill), then publish."""
         self._valid += 1
         state = self._states.get(event.symbol)
         if state is None:
@@ -253,7 +269,6 @@ class BinanceSource:
             if state is not None and state.last_id == event.trade_id:
                 state.last_id = event.trade_id - 1
             raise
-        return None
 
     async def _reject(self, raw: bytes, reason: str, *, counted: bool = False) -> None:
         if not counted:

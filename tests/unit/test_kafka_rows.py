@@ -204,8 +204,12 @@ def test_records_written_by_to_kafka_value_take_the_fast_path(
         assert _exact(row_from_kafka(event.to_kafka_value())) == _exact(event.as_row())
 
 
+NOT_UTF8 = orjson.dumps(VALID).replace(b"BTCUSDT", b"BTC\xe9USDT")
+
+
 @pytest.mark.parametrize(
-    "value", [None, b"\x00not json", b"null", _record(price="NaN"), _record(symbol="btc")]
+    "value",
+    [None, b"\x00not json", b"null", _record(price="NaN"), _record(symbol="btc"), NOT_UTF8],
 )
 def test_poison_record_carries_trade_events_reason(value: bytes | None) -> None:
     # The consumer dead-letters it with this reason.

@@ -2,7 +2,8 @@
 
 For every Binance trade payload in the corpus, trade_from_binance either returns the very event
 `TradeEvent.model_validate` returns for it (same values, same Decimal digits, same model state),
-or raises InvalidTrade with pydantic's reason.
+or raises InvalidTrade with pydantic's reason. And trade_from_frame, the whole-frame msgspec
+path in front of it, returns either None (not its to judge) or that same event.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pydantic
 import pytest
 
 from pipeline import models
 from pipeline.errors import InvalidTrade
-from pipeline.models import TradeEvent, trade_from_binance
+from pipeline.models import TradeEvent, trade_from_binance, trade_from_frame
 from tests.factories import BINANCE_TRADE as FRAME
 
 PROCESSED_AT = 1_700_000_000_200
@@ -112,3 +114,67 @@ def test_fast_event_behaves_like_a_validated_one() -> None:
     copy = fast.model_copy(update={"trade_id": 5})
     assert (copy.trade_id, copy.price, fast.trade_id) == (5, fast.price, FRAME["t"])
     assert TradeEvent.model_validate_json(fast.to_kafka_value()) == fast
+
+
+def _combined(payload: Any) -> bytes:
+    return orjson.dumps({"stream": "btcusdt@trade", "data": payload})
+
+
+_VALID = _combined(FRAME).decode()
+# Valid frames spelled unusually: a key twice (the last one counts), an escape, whitespace.
+UNUSUAL_VALID = [
+    _VALID.replace('"p":', '"p":"1.5","p":').encode(),
+    _VALID.replace('"BTCUSDT"', '"\\u0042TCUSDT"').encode(),
+    _VALID.replace(":", " : ").replace(",", " ,\n ").encode(),
+]
+RAW_FRAMES = [
+    *(_combined(payload) for payload in PAYLOADS),
+    *UNUSUAL_VALID,
+    _VALID.replace('"data":', '"data":{"e":"trade"},"data":').encode(),
+    _VALID.replace('"e":"trade"', '"e":"aggTrade"').encode(),
+    _VALID.replace('"m":true', '"m":1').encode(),
+    _VALID.replace('"E":1700000000123', '"E":1700000000123.0').encode(),
+    _VALID.replace('"E":1700000000123', '"E":1.700000000123e12').encode(),
+    _VALID.replace('"t":4200000001', '"t":9223372036854775808').encode(),
+    _VALID.encode() + b" x",  # trailing garbage
+    _VALID.encode()[:-1],  # truncated
+    _VALID.replace("BTCUSDT", "BTC\xe9USDT").encode("latin-1"),  # not UTF-8
+    orjson.dumps(FRAME),  # a raw-stream frame: no wrapper
+    b'{"result":null,"id":3}',
+    b"[]",
+    b"",
+]
+
+
+def _general(raw: bytes) -> TradeEvent | str:
+    """What the source's general path makes of a frame: the event, or why it is refused."""
+    try:
+        data = orjson.loads(raw)["data"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "not a combined frame"
+    return _fast(data, PROCESSED_AT)
+
+
+@pytest.mark.parametrize("raw", RAW_FRAMES, ids=repr)
+def test_frame_path_accepts_only_what_the_general_path_accepts_with_the_same_event(
+    raw: bytes,
+) -> None:
+    fast = trade_from_frame(raw, PROCESSED_AT)
+    assert fast is None or _state(fast) == _state(_general(raw))
+
+
+def test_usual_frames_take_the_frame_path() -> None:
+    usual = [
+        _combined(FRAME),
+        _combined({**FRAME, "p": "1E-8", "q": "100"}),
+        *UNUSUAL_VALID,
+    ]
+    assert all(isinstance(_general(raw), TradeEvent) for raw in usual)
+    assert all(trade_from_frame(raw, PROCESSED_AT) is not None for raw in usual)
+
+
+@pytest.mark.parametrize("processed_at", [0, 10**14 - 1, 10**14, -1])
+def test_frame_path_checks_processed_at_like_trade_event(processed_at: int) -> None:
+    fast = trade_from_frame(_combined(FRAME), processed_at)
+    assert fast is None or _state(fast) == _state(_pydantic(FRAME, processed_at))
+    assert (fast is None) == isinstance(_pydantic(FRAME, processed_at), str)
