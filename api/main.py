@@ -31,6 +31,7 @@ from api.errors import install_error_handlers, is_database_outage
 from api.probes import LagProbe, ReadinessProbe
 from api.reads import PriceReads
 from api.routes import api_router
+from api.shortcut import answer_from_kept
 from pipeline import migrate
 from pipeline.db import create_engine
 from pipeline.errors import ConfigError
@@ -245,11 +246,19 @@ class StartupFailureReported:
         await self.app(scope, receive, reported)
 
 
+class Service(FastAPI):
+    """The app: FastAPI, except for the hot read's kept answers (api.shortcut)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await answer_from_kept(scope, send):
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, *, database_wait_s: float = DATABASE_WAIT_S
 ) -> FastAPI:
     """The app; `settings` None loads them (YAML + environment) when the lifespan starts."""
-    app = FastAPI(
+    app = Service(
         title="crypto-streaming-pipeline",
         version=_version(),
         summary="Binance trades → Kafka → PostgreSQL, with a FastAPI control plane",

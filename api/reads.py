@@ -1,7 +1,8 @@
 """The /prices reads: an asyncpg pool of their own, and rows encoded straight to JSON.
 
-GET /prices/{symbol} is the hot read (≥ 1,000 req/s, docs/perf.md). Through the SQLAlchemy
-engine it cost ~1,100 µs of service CPU per request, most of it building and compiling the
+GET /prices/{symbol} is the hot read (≥ 1,000 req/s, docs/perf.md); its kept answers are sent
+before FastAPI by api.shortcut. Through the SQLAlchemy engine it cost ~1,100 µs of service CPU
+per request, most of it building and compiling the
 statement, the pooled connection's pre-ping and transaction, and response-model validation;
 this path (~350-450 µs, of which ~200 µs is uvicorn + FastAPI's floor, as for /health) skips
 what buys nothing for a single-statement read:
@@ -62,8 +63,17 @@ class RecentAnswers:
     def __init__(self, fetch: Callable[[str], Awaitable[Row | None]], ttl_s: float) -> None:
         self._fetch = fetch
         self._ttl_s = ttl_s
-        self._answers: dict[str, tuple[float, Row]] = {}
+        # symbol → (monotonic time of the fetch, the row, the row as JSON)
+        self._answers: dict[str, tuple[float, Row, bytes]] = {}
         self._fetching: dict[str, asyncio.Task[Row | None]] = {}
+
+    def fresh_json(self, symbol: str) -> bytes | None:
+        """The kept answer as JSON (orjson's bytes of the row) while it is fresh, else None;
+        never waits."""
+        kept = self._answers.get(symbol)
+        if kept is not None and time.monotonic() - kept[0] < self._ttl_s:
+            return kept[2]
+        return None
 
     async def get(self, symbol: str) -> Row | None:
         if self._ttl_s <= 0:
@@ -85,7 +95,7 @@ class RecentAnswers:
         finally:
             del self._fetching[symbol]
         if row is not None:
-            self._answers[symbol] = (started, row)
+            self._answers[symbol] = (started, row, orjson.dumps(row))
         return row
 
 
@@ -120,6 +130,10 @@ class PriceReads:
     async def latest_trade(self, symbol: str) -> Row | None:
         """The symbol's newest stored trade, at most `latest_ttl_s` old (see RecentAnswers)."""
         return await self._latest.get(symbol)
+
+    def fresh_latest_json(self, symbol: str) -> bytes | None:
+        """`latest_trade(symbol)` as JSON if that is a kept fresh answer; None otherwise."""
+        return self._latest.fresh_json(symbol)
 
     async def _fetch_latest_trade(self, symbol: str) -> Row | None:
         row = await self._pool.fetchrow(queries.LATEST_TRADE, symbol)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import queries
+from api import main, queries, shortcut
 from api.queries import Cursor
 from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from pipeline.db import tracked_symbols
@@ -98,6 +98,34 @@ async def test_latest_price_body_is_the_stored_row_as_compact_json_in_model_fiel
         b'"quantity":"0.000000000000000001","is_buyer_maker":false,'
         b'"event_time":1764000000001,"trade_time":1764000000000,"processed_at":1764000000005}'
     )
+
+
+async def test_a_kept_answer_is_sent_exactly_as_the_route_sends_it(
+    client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[bool] = []
+
+    async def recording(scope: Any, send: Any) -> bool:
+        taken.append(await shortcut.answer_from_kept(scope, send))
+        return taken[-1]
+
+    monkeypatch.setattr(main, "answer_from_kept", recording)
+    await insert_trades(engine, [trade_row("BTCUSDT", 7, T0, price="67000.10000000")])
+    through_route = await client.get("/prices/BTCUSDT")  # fetches, and keeps the answer
+    from_kept = await client.get("/prices/BTCUSDT")
+    assert taken == [False, True]
+    assert from_kept.status_code == through_route.status_code == 200
+    assert from_kept.headers == through_route.headers
+    assert from_kept.content == through_route.content
+    # Requests whose answer could differ go through FastAPI, kept answer or not.
+    others = [
+        await client.get("/prices/btcusdt"),  # another spelling
+        await client.head("/prices/BTCUSDT"),  # FastAPI's 405: the routes are GET only
+        await client.request("GET", "/prices/BTCUSDT", content=b"x" * 10),
+        await client.get("/prices/BTCUSDT/history"),
+    ]
+    assert [response.status_code for response in others] == [200, 405, 200, 200]
+    assert taken[2:] == [False] * 4
 
 
 async def test_every_prices_body_has_its_response_models_fields_in_order(

@@ -88,3 +88,20 @@ async def test_ttl_zero_asks_every_time() -> None:
     await answers.get("BTCUSDT")
     await answers.get("BTCUSDT")
     assert fetch.calls == ["BTCUSDT", "BTCUSDT"]
+
+
+async def test_fresh_json_is_the_kept_answer_encoded_and_only_while_fresh() -> None:
+    fetch = CountingFetch()
+    answers = RecentAnswers(fetch, ttl_s=0.1)
+    assert answers.fresh_json("BTCUSDT") is None  # nothing kept yet: never fetches itself
+    await answers.get("BTCUSDT")
+    assert answers.fresh_json("BTCUSDT") == b'{"symbol":"BTCUSDT","version":0}'
+    await asyncio.sleep(0.12)
+    assert answers.fresh_json("BTCUSDT") is None
+    assert fetch.calls == ["BTCUSDT"]
+
+
+async def test_ttl_zero_keeps_no_answer_to_reuse() -> None:
+    answers = RecentAnswers(CountingFetch(), ttl_s=0.0)
+    await answers.get("BTCUSDT")
+    assert answers.fresh_json("BTCUSDT") is None
