@@ -11,11 +11,13 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bench.config import STACK_ENV_FILE, BenchConfig
@@ -95,6 +97,10 @@ def _event_loop_run(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]
     return uvloop.run(main)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -102,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A SIGTERM stops the run like Ctrl+C: the service, load generators and the stack it
+    # started are stopped on the way out instead of left running.
+    signal.signal(signal.SIGTERM, _interrupt)
     log_dir = Path(tempfile.mkdtemp(prefix="crypto-bench-logs-"))
     log.info("service logs in %s", log_dir)
     try:
