@@ -1,7 +1,9 @@
 """TradeConsumer: Kafka → PostgresSink, committing offsets only after the database committed.
 
 The checkpoint order is the whole guarantee: (1) the batch's transaction commits in PostgreSQL,
-(2) then the batch's offsets commit in Kafka. A crash between the two replays the batch, and the
+(2) then the batch's offsets commit in Kafka. Batches are stored one after the other, in order;
+only the decoding of the next batch overlaps the writing of the current one (two processes'
+CPU, ours and PostgreSQL's, instead of one after the other). A crash between the two replays the batch, and the
 idempotent sink turns the replay into no new rows. While PostgreSQL is down the batch is retried
 with backoff and nothing is committed. A record that is not a trade goes to the DLQ first, so
 committing past it loses nothing.
@@ -100,6 +102,7 @@ class TradeConsumer:
     async def run(self) -> None:
         """Consume until cancelled. Cancellation between batches loses nothing."""
         consumer = await self._start()
+        storing: asyncio.Task[None] | None = None
         try:
             self._consumer = consumer
             while True:
@@ -107,10 +110,19 @@ class TradeConsumer:
                     timeout_ms=self._settings.consumer_poll_timeout_ms,
                     max_records=self._settings.consumer_max_records,
                 )
-                if batches:
-                    async with self._batch_lock:
-                        await self._process(consumer, batches)
+                if not batches:
+                    continue
+                decoded = self._decode(batches)
+                if storing is not None:
+                    await storing  # batch N is stored and committed before N+1 is written
+                # Held from now until its offsets are committed: a rebalance waits for it.
+                await self._batch_lock.acquire()
+                storing = asyncio.create_task(self._store_and_commit(consumer, batches, decoded))
         finally:
+            if storing is not None and not storing.done():
+                # Its transaction rolls back and its offsets stay uncommitted: replayed later.
+                storing.cancel()
+                await asyncio.gather(storing, return_exceptions=True)
             self._consumer = None
             await self._close(consumer)
 
@@ -148,9 +160,10 @@ class TradeConsumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _process(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> None:
+    def _decode(
+        self, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> tuple[list[Row], list[tuple[ConsumerRecord, str]]]:
+        """The batch's rows, and the records that are not trades with the reason."""
         rows: list[Row] = []
         poison: list[tuple[ConsumerRecord, str]] = []
         for records in batches.values():
@@ -162,12 +175,26 @@ class TradeConsumer:
         count = sum(len(records) for records in batches.values())
         self._consumed += count
         metrics.RECORDS_CONSUMED.inc(count)
-        if poison:
-            await self._dead_letter(poison)
-        if rows:
-            self._stored += await self._store(rows)
-        self._batches += 1
-        await self._commit(consumer, batches)
+        return rows, poison
+
+    async def _store_and_commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[ConsumerRecord]],
+        decoded: tuple[list[Row], list[tuple[ConsumerRecord, str]]],
+    ) -> None:
+        """Dead letters, then the rows in one transaction, then the offsets; releases the batch
+        lock that `run` took for it."""
+        rows, poison = decoded
+        try:
+            if poison:
+                await self._dead_letter(poison)
+            if rows:
+                self._stored += await self._store(rows)
+            self._batches += 1
+            await self._commit(consumer, batches)
+        finally:
+            self._batch_lock.release()
 
     async def _store(self, rows: list[Row]) -> int:
         stored = await self._write_with_retry(rows)
