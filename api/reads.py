@@ -58,6 +58,12 @@ class RecentAnswers:
     The hot read is one symbol asked a thousand times a second: each asking PostgreSQL costs the
     database and the event loop far more than the answer changes. Only found rows are kept (the
     symbols with trades, a bounded set), so requests for unknown symbols cannot grow it.
+
+    Refreshed ahead: a request that finds its answer past half its life starts the next fetch
+    in the background and still gets the kept answer, so while the symbol is asked for, no
+    request waits for PostgreSQL (under full ingest a fetch takes milliseconds, and every
+    request arriving meanwhile used to wait for it). An answer is still never older than
+    `ttl_s`: past that, requests wait for the fetch, as the first one does.
     """
 
     def __init__(self, fetch: Callable[[str], Awaitable[Row | None]], ttl_s: float) -> None:
@@ -70,23 +76,36 @@ class RecentAnswers:
     def fresh_json(self, symbol: str) -> bytes | None:
         """The kept answer as JSON (orjson's bytes of the row) while it is fresh, else None;
         never waits."""
-        kept = self._answers.get(symbol)
-        if kept is not None and time.monotonic() - kept[0] < self._ttl_s:
-            return kept[2]
-        return None
+        kept = self._fresh(symbol)
+        return None if kept is None else kept[2]
 
     async def get(self, symbol: str) -> Row | None:
         if self._ttl_s <= 0:
             return await self._fetch(symbol)
-        kept = self._answers.get(symbol)
-        if kept is not None and time.monotonic() - kept[0] < self._ttl_s:
+        kept = self._fresh(symbol)
+        if kept is not None:
             return kept[1]
+        # Shielded: a client that goes away must not cancel the fetch the others wait for.
+        return await asyncio.shield(self._refreshing(symbol))
+
+    def _fresh(self, symbol: str) -> tuple[float, Row, bytes] | None:
+        kept = self._answers.get(symbol)
+        if kept is None:
+            return None
+        age = time.monotonic() - kept[0]
+        if age >= self._ttl_s:
+            return None
+        if age >= self._ttl_s / 2 and symbol not in self._fetching:
+            self._refreshing(symbol).add_done_callback(_retrieve)
+        return kept
+
+    def _refreshing(self, symbol: str) -> asyncio.Task[Row | None]:
+        """The symbol's fetch in progress, started if there is none."""
         task = self._fetching.get(symbol)
         if task is None:
             task = asyncio.create_task(self._refresh(symbol))
             self._fetching[symbol] = task
-        # Shielded: a client that goes away must not cancel the fetch the others wait for.
-        return await asyncio.shield(task)
+        return task
 
     async def _refresh(self, symbol: str) -> Row | None:
         started = time.monotonic()
@@ -96,7 +115,16 @@ class RecentAnswers:
             del self._fetching[symbol]
         if row is not None:
             self._answers[symbol] = (started, row, orjson.dumps(row))
+        else:
+            self._answers.pop(symbol, None)
         return row
+
+
+def _retrieve(task: asyncio.Task[Row | None]) -> None:
+    """A refresh ahead that failed (database down): the kept answer expires, and the requests
+    after it wait for a fetch of their own, which reports the error."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("refresh ahead failed: %s", task.exception())
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -105,3 +105,36 @@ async def test_ttl_zero_keeps_no_answer_to_reuse() -> None:
     answers = RecentAnswers(CountingFetch(), ttl_s=0.0)
     await answers.get("BTCUSDT")
     assert answers.fresh_json("BTCUSDT") is None
+
+
+async def test_past_half_its_life_an_answer_is_refreshed_ahead_without_making_anyone_wait() -> None:
+    fetch = CountingFetch(delay_s=0.05)
+    answers = RecentAnswers(fetch, ttl_s=0.2)
+    await answers.get("BTCUSDT")
+    fetch.version = 1
+    await asyncio.sleep(0.11)  # past half of the ttl
+    waited = asyncio.get_running_loop().time()
+    assert await answers.get("BTCUSDT") == {"symbol": "BTCUSDT", "version": 0}
+    assert answers.fresh_json("BTCUSDT") == b'{"symbol":"BTCUSDT","version":0}'
+    assert asyncio.get_running_loop().time() - waited < 0.01  # served at once
+    await asyncio.sleep(0.07)  # the refresh ahead has landed
+    assert await answers.get("BTCUSDT") == {"symbol": "BTCUSDT", "version": 1}
+    assert fetch.calls == ["BTCUSDT", "BTCUSDT"]  # one refresh for both requests
+
+
+async def test_a_failed_refresh_ahead_reaches_nobody_until_the_answer_expires() -> None:
+    fail = False
+
+    async def fetch(symbol: str) -> dict[str, Any] | None:
+        if fail:
+            raise OSError("database down")
+        return {"symbol": symbol}
+
+    answers = RecentAnswers(fetch, ttl_s=0.1)
+    await answers.get("BTCUSDT")
+    fail = True
+    await asyncio.sleep(0.06)
+    assert await answers.get("BTCUSDT") == {"symbol": "BTCUSDT"}  # starts the failing refresh
+    await asyncio.sleep(0.05)  # expired now
+    with pytest.raises(OSError):
+        await answers.get("BTCUSDT")
