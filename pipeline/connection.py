@@ -152,7 +152,8 @@ class StreamConnection:
         """Connect, serve, reconnect; never returns, never raises but CancelledError."""
         sync = asyncio.create_task(self._sync_subscriptions(), name=f"{self.name}-subscriptions")
         backoff = Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s)
-        self._http = aiohttp.ClientSession()
+        # trust_env: HTTP(S)_PROXY / NO_PROXY from the environment, as the REST client's httpx.
+        self._http = aiohttp.ClientSession(trust_env=True)
         try:
             while True:
                 await self._session(backoff)

@@ -1,12 +1,13 @@
 """TradeConsumer: Kafka → PostgresSink, committing offsets only after the database committed.
 
 The checkpoint order is the whole guarantee: (1) the batch's transaction commits in PostgreSQL,
-(2) then the batch's offsets commit in Kafka. Batches are stored one after the other, in order;
-only the decoding of the next batch overlaps the writing of the current one (two processes'
-CPU, ours and PostgreSQL's, instead of one after the other). A crash between the two replays the batch, and the
+(2) then the batch's offsets commit in Kafka. A crash between the two replays the batch, and the
 idempotent sink turns the replay into no new rows. While PostgreSQL is down the batch is retried
 with backoff and nothing is committed. A record that is not a trade goes to the DLQ first, so
 committing past it loses nothing.
+
+Batches are stored and committed one after the other, in order; only the decoding of the next
+batch overlaps the writing of the current one (our CPU and PostgreSQL's at once).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class TradeConsumer:
         try:
             self._consumer = consumer
             while True:
+                if storing is not None and storing.done():
+                    storing.result()  # a failed batch fails the role now (restart, replay)
                 batches = await consumer.getmany(
                     timeout_ms=self._settings.consumer_poll_timeout_ms,
                     max_records=self._settings.consumer_max_records,
