@@ -11,7 +11,8 @@ body, orjson's encoding of the same row (tests/integration/test_api_prices.py co
 It takes only requests whose answer cannot differ: GET, path `/prices/<SYMBOL>` spelled as
 stored (upper case), no request body (BodyLimitMiddleware's 413 stays FastAPI's), and a fresh
 kept answer. Everything else — other spellings, unknown symbols, a stale or missing answer, the
-first request that fetches it — goes through FastAPI as before.
+first request that fetches it — goes through FastAPI as before. (FastAPI's OpenTelemetry
+instrumentation, when configured, sees only the requests that reach FastAPI.)
 """
 
 from __future__ import annotations
