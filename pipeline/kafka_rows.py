@@ -17,7 +17,7 @@ from typing import Annotated
 import msgspec
 
 from pipeline.models import Row, trade_from_kafka
-from pipeline.trade_checks import EPOCH_MILLIS_END, is_symbol, positive_decimal
+from pipeline.trade_checks import EPOCH_MILLIS_END, MAX_TRADE_ID, is_symbol, positive_decimal
 
 _EpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=EPOCH_MILLIS_END)]
 
@@ -28,7 +28,7 @@ class _KafkaTrade(msgspec.Struct):
     ignored like TradeEvent's extra="ignore"."""
 
     symbol: str  # checked by is_symbol: its cache beats msgspec's regex per record
-    trade_id: Annotated[int, msgspec.Meta(ge=0)]
+    trade_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)]
     # Strings, turned into Decimal by positive_decimal: msgspec's Decimal takes JSON numbers too.
     price: str
     quantity: str

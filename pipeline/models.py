@@ -24,7 +24,13 @@ from pydantic import (
 
 from pipeline.errors import InvalidTrade
 from pipeline.settings import SYMBOL_PATTERN
-from pipeline.trade_checks import is_epoch_millis, is_symbol, is_trade_id, positive_decimal
+from pipeline.trade_checks import (
+    MAX_TRADE_ID,
+    is_epoch_millis,
+    is_symbol,
+    is_trade_id,
+    positive_decimal,
+)
 
 TRADE_EVENT_TYPE = "trade"
 # The columns of `crypto_prices` in table order (pipeline.db's Table; migration 0001).
@@ -67,7 +73,11 @@ class TradeEvent(BaseModel):
     symbol: str = Field(
         validation_alias=AliasChoices("symbol", "s"), pattern=SYMBOL_PATTERN.pattern
     )
-    trade_id: StrictInt = Field(validation_alias=AliasChoices("trade_id", "t"), ge=0)
+    # At most a bigint: a trade id the table cannot hold is an invalid trade (dead-lettered),
+    # not a batch that fails in PostgreSQL again and again.
+    trade_id: StrictInt = Field(
+        validation_alias=AliasChoices("trade_id", "t"), ge=0, le=MAX_TRADE_ID
+    )
     price: DecimalString = Field(validation_alias=AliasChoices("price", "p"))
     quantity: DecimalString = Field(validation_alias=AliasChoices("quantity", "q"))
     event_time: EpochMillis = Field(validation_alias=AliasChoices("event_time", "E"))
@@ -168,7 +178,6 @@ def _event(
 
 
 # TradeEvent's int fields, checked by msgspec while it decodes: strict (JSON integers only).
-# A trade id beyond PostgreSQL's bigint is left to the general path.
 _FrameEpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=10**14)]
 
 
@@ -179,7 +188,7 @@ class _FrameTrade(msgspec.Struct):
     e: Literal["trade"]
     E: _FrameEpochMillis
     s: str
-    t: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    t: Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)]
     p: str
     q: str
     T: _FrameEpochMillis

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pipeline.settings import SYMBOL_PATTERN
 
 EPOCH_MILLIS_END = 10**14  # TradeEvent's EpochMillis: 0 <= ms < 10**14
+MAX_TRADE_ID = 2**63 - 1  # the trade_id column is a bigint
 _ZERO = Decimal(0)
 # TradeEvent rejects a price whose float is infinite (math.isfinite): anything from ~1.8e308 up.
 # Below 1e300 a Decimal surely is a finite float; the rare rest is TradeEvent's to judge.
@@ -58,5 +59,5 @@ def is_epoch_millis(value: object) -> bool:
 
 
 def is_trade_id(value: object) -> bool:
-    """A StrictInt >= 0."""
-    return type(value) is int and value >= 0
+    """A StrictInt with 0 <= value <= MAX_TRADE_ID."""
+    return type(value) is int and 0 <= value <= MAX_TRADE_ID

@@ -134,6 +134,8 @@ CORPUS: list[bytes | None] = [
     _record(price=["1"]),
     _raw(orjson.dumps(VALID).decode().replace('"37123.45000000"', "NaN")),
     _raw(orjson.dumps(VALID).decode().replace('"37123.45000000"', "Infinity")),
+    _record(trade_id=2**63 - 1),  # the largest bigint: valid
+    _record(trade_id=2**63),  # beyond the column: invalid
     # invalid: epoch millis
     _record(event_time=-1),
     _record(trade_time=10**14),

@@ -25,7 +25,9 @@ _MISSING = object()
 _STRINGS = ["", "x", "1", "BTCUSDT", "btcusdt", "BTCUSDT\n", " 1.5", "1_0", "+1", ".5", "5."]
 _NUMBERS_AS_TEXT = ["0", "-0", "0.0", "-1", "1E-8", "1e300", "9.99e299", "1.8e308", "1e-400"]
 _SPECIAL = ["NaN", "nan", "sNaN", "-NaN", "Infinity", "-inf", "0x10", "1,5", "\u0661", "1e999999"]
-_OTHERS: list[Any] = [None, True, False, 0, 1, -1, 1.0, 1.5, 2**63, 10**14, 10**14 - 1, [], {}]
+_OTHERS: list[Any] = [
+    *[None, True, False, 0, 1, -1, 1.0, 1.5, 2**63, 2**63 - 1, 10**14, 10**14 - 1, [], {}]
+]
 VARIANTS: dict[str, list[Any]] = {
     key: [_MISSING, *_STRINGS, *_NUMBERS_AS_TEXT, *_SPECIAL, *_OTHERS]
     for key in ("s", "t", "p", "q", "E", "T", "m")
@@ -178,3 +180,9 @@ def test_frame_path_checks_processed_at_like_trade_event(processed_at: int) -> N
     fast = trade_from_frame(_combined(FRAME), processed_at)
     assert fast is None or _state(fast) == _state(_pydantic(FRAME, processed_at))
     assert (fast is None) == isinstance(_pydantic(FRAME, processed_at), str)
+
+
+def test_a_trade_id_beyond_the_bigint_column_is_an_invalid_trade() -> None:
+    assert trade_from_binance({**FRAME, "t": 2**63 - 1}, PROCESSED_AT).trade_id == 2**63 - 1
+    with pytest.raises(InvalidTrade, match="trade_id"):
+        trade_from_binance({**FRAME, "t": 2**63}, PROCESSED_AT)
