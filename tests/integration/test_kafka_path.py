@@ -173,3 +173,26 @@ async def test_producer_holds_the_source_back_while_kafka_is_unreachable(
         status = producer.status()
     assert status.kafka_up is False
     assert status.queued + status.in_flight == 100
+
+
+class FailingSink(PostgresSink):
+    """A sink with a bug (not an outage: SinkUnavailable would be retried)."""
+
+    async def write(self, batch: Any) -> int:
+        raise RuntimeError("bug in the sink")
+
+
+async def test_a_batch_that_cannot_be_stored_stops_the_consumer_at_once_and_commits_nothing(
+    settings: Settings,
+) -> None:
+    await ensure_topics(settings.kafka)
+    trades = make_trades(["BTCUSDT"], 100)  # one batch, and no next one to bring the error up
+    await produce_all(settings, trades)
+    sink = FailingSink(settings.database)
+    try:
+        with pytest.raises(RuntimeError, match="bug in the sink"):
+            await asyncio.wait_for(TradeConsumer(settings.kafka, sink).run(), 30)
+    finally:
+        await sink.close()
+    lag = await consumer_lag(settings.kafka)
+    assert lag.total_lag == len(trades)  # replayed by the restarted role
