@@ -25,6 +25,7 @@ from pydantic import (
 from pipeline.errors import InvalidTrade
 from pipeline.settings import SYMBOL_PATTERN
 from pipeline.trade_checks import (
+    EPOCH_MILLIS_END,
     MAX_TRADE_ID,
     is_epoch_millis,
     is_symbol,
@@ -178,7 +179,7 @@ def _event(
 
 
 # TradeEvent's int fields, checked by msgspec while it decodes: strict (JSON integers only).
-_FrameEpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=10**14)]
+_FrameEpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=EPOCH_MILLIS_END)]
 
 
 class _FrameTrade(msgspec.Struct):
@@ -204,7 +205,8 @@ _decode_frame = msgspec.json.Decoder(_CombinedFrame).decode
 
 def trade_from_frame(raw: bytes, processed_at: int) -> TradeEvent | None:
     """The TradeEvent of a combined-stream trade frame in its usual shape and valid, decoded in
-    one msgspec pass (~1 µs instead of ~2.7 for orjson + trade_from_binance); None for anything
+    one msgspec pass (~2.2 µs with the checks and the event, against ~2.7 for orjson +
+    trade_from_binance, and none of the general path's branching); None for anything
     else — a reply, a raw-stream frame, an invalid one —, which trade_from_binance's caller then
     judges as before. Accepts a subset of what that path accepts, with the same values
     (tests/unit/test_trade_fast_paths.py)."""
