@@ -47,7 +47,7 @@ import asyncpg
 from pipeline.db import CRYPTO_PRICES_COLUMNS
 from pipeline.models import Row
 from pipeline.settings import DatabaseSettings
-from pipeline.sink import PostgresSink, copy_text
+from pipeline.sink import PostgresSink, copy_text, copy_text_into
 
 _COLUMNS = ", ".join(CRYPTO_PRICES_COLUMNS)
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(CRYPTO_PRICES_COLUMNS) + 1))
@@ -140,12 +140,7 @@ async def copy_batches(
             batch = rows[start : start + batch_size]
             async with connection.transaction():
                 if text:
-                    await connection.copy_to_table(
-                        "crypto_prices",
-                        source=memoryview(copy_text(batch)),
-                        columns=columns,
-                        format="text",
-                    )
+                    await copy_text_into(connection, "crypto_prices", copy_text(batch))
                 else:
                     await connection.copy_records_to_table(
                         "crypto_prices", records=batch, columns=columns

@@ -63,7 +63,7 @@ def _decimal_string(value: Any) -> Any:
 DecimalString = Annotated[
     Decimal, BeforeValidator(_decimal_string), Field(gt=0, allow_inf_nan=False)
 ]
-EpochMillis = Annotated[StrictInt, Field(ge=0, lt=10**14)]
+EpochMillis = Annotated[StrictInt, Field(ge=0, lt=EPOCH_MILLIS_END)]
 
 
 class TradeEvent(BaseModel):

@@ -228,7 +228,7 @@ class PostgresSink:
         """COPY straight into the table under a savepoint; None (rolled back) on a conflict."""
         try:
             async with connection.transaction():  # nested: SAVEPOINT … RELEASE / ROLLBACK TO
-                await _copy(connection, TABLE, data)
+                await copy_text_into(connection, TABLE, data)
         except asyncpg.UniqueViolationError:
             self._chooser.fast_conflicted()
             logger.debug("batch of %d rows has stored ones: staging path", by_symbol.total())
@@ -240,7 +240,7 @@ class PostgresSink:
         self, connection: asyncpg.Connection, data: bytes, rows: int
     ) -> list[tuple[str, int]]:
         """COPY into the staging table, move what is new; the count per symbol of those rows."""
-        await _copy(connection, STAGING_TABLE, data)
+        await copy_text_into(connection, STAGING_TABLE, data)
         stored_by_symbol = [(r[0], r[1]) for r in await connection.fetch(_MOVE_STAGED)]
         self._chooser.staging_stored(sum(count for _, count in stored_by_symbol) < rows)
         return stored_by_symbol
@@ -251,7 +251,8 @@ class PostgresSink:
             await pool.close()
 
 
-async def _copy(connection: asyncpg.Connection, table: str, data: bytes) -> None:
+async def copy_text_into(connection: asyncpg.Connection, table: str, data: bytes) -> None:
+    """COPY `copy_text`'s lines into `table` (the columns of `crypto_prices`)."""
     # A memoryview: asyncpg would take bytes for a file path.
     await connection.copy_to_table(
         table, source=memoryview(data), columns=CRYPTO_PRICES_COLUMNS, format="text"
