@@ -2,10 +2,10 @@
 
 GET /prices/{symbol} is the hot read (≥ 1,000 req/s, docs/perf.md); its kept answers are sent
 before FastAPI by api.shortcut. Through the SQLAlchemy engine it cost ~1,100 µs of service CPU
-per request, most of it building and compiling the
-statement, the pooled connection's pre-ping and transaction, and response-model validation;
-this path (~350-450 µs, of which ~200 µs is uvicorn + FastAPI's floor, as for /health) skips
-what buys nothing for a single-statement read:
+per request, most of it building and compiling the statement, the pooled connection's
+pre-ping and transaction, and response-model validation; this path (~350-450 µs, of which
+~200 µs is uvicorn + FastAPI's floor, as for /health) skips what buys nothing for a
+single-statement read:
 
 * no SQLAlchemy: the statements are fixed SQL (api.queries) that asyncpg prepares once per
   connection; no statement building, compiling or result wrapping per request;
