@@ -37,6 +37,7 @@ from pipeline.db import create_engine
 from pipeline.errors import ConfigError
 from pipeline.exchange import ExchangeClient
 from pipeline.logs import configure_logging
+from pipeline.priority import raise_priority
 from pipeline.processes import ProcessPipeline
 from pipeline.service import Pipeline, PipelineControl
 from pipeline.settings import ApiSettings, Settings, load_settings
@@ -176,6 +177,7 @@ def _lifespan(
                 ",".join(sorted(settings.roles)) or "none",
                 "api-key" if settings.api.api_key is not None else "loopback-only",
             )
+            stack.callback(raise_priority(settings.api_priority))
             yield state
             logger.info("service stopping")
         logger.info("service stopped")

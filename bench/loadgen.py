@@ -5,6 +5,10 @@ keep-alive connections (raw HTTP/1.1 on asyncio streams, uvloop when available),
 prints `ready`, waits for a line on stdin, then offers `rate` GETs per second for `duration`
 seconds whatever the answers' pace, and prints one JSON line of results. Latency is counted from
 each request's *scheduled* time (no coordinated omission): a server that falls behind shows it.
+
+The client runs at real-time priority when the OS lets it (root or CAP_SYS_NICE): on the bench's
+shared cores its own wake-up delays would otherwise count as the server's latency, which a
+client on another machine would not add. `realtime` in the results says whether it did.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -97,6 +102,17 @@ async def _offer(queue: asyncio.Queue[float], rate: float, duration: float) -> f
     return start
 
 
+def _try_realtime() -> bool:
+    """SCHED_FIFO at the lowest real-time priority, if permitted; whether it took."""
+    if not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        return False
+    return True
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     request = (
         f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
@@ -136,6 +152,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": {str(code): count for code, count in sorted(results.statuses.items())},
         "latency_ms": summary(results.latency_ms),
         "service_ms": summary(results.service_ms),
+        "realtime": args.realtime,
     }
 
 
@@ -148,6 +165,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds")
     args = parser.parse_args()
+    args.realtime = _try_realtime()
     try:
         import uvloop
     except ImportError:

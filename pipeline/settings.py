@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pipeline.errors import ConfigError
+from pipeline.priority import ApiPriority, WorkerPriority
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "config" / "settings.yaml"
@@ -49,6 +50,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "PIPELINE_ROLES": ("roles",),
     "PIPELINE_ISOLATION": ("isolation",),
     "PIPELINE_WORKER_PRIORITY": ("worker_priority",),
+    "PIPELINE_API_PRIORITY": ("api_priority",),
     "API_KEY": ("api", "api_key"),
     "HOST": ("api", "host"),
     "PORT": ("api", "port"),
@@ -203,7 +205,11 @@ class Settings(BaseSettings):
     # CPU priority of the worker processes. idle (SCHED_IDLE): any request of the API process
     # preempts them at once, so it answers as fast under full ingest as idle, and ingest takes
     # the rest of the CPU (Kafka holds what is not stored yet). low: nice 10. normal: as the API.
-    worker_priority: Literal["idle", "low", "normal"] = "idle"
+    worker_priority: WorkerPriority = "idle"
+    # CPU priority of the API process's event loop. realtime (SCHED_RR 1, needs root or
+    # CAP_SYS_NICE, else a warning and normal): its requests preempt the broker, the database
+    # and everything else on a shared machine, not just our workers (pipeline/priority.py).
+    api_priority: ApiPriority = "normal"
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
     binance: BinanceSettings = BinanceSettings()

@@ -27,6 +27,7 @@ import orjson
 
 from pipeline.logs import configure_logging
 from pipeline.metrics import exposition
+from pipeline.priority import lower_priority
 from pipeline.service import Pipeline
 from pipeline.settings import Settings
 
@@ -141,14 +142,6 @@ async def _main() -> None:
     settings = Settings.model_validate(orjson.loads(line))
     lower_priority(settings.worker_priority)
     await serve(settings, stdin, reports_fd)
-
-
-def lower_priority(priority: str) -> None:
-    """Give the API process's requests precedence over this worker's CPU use (see settings)."""
-    if priority == "idle" and hasattr(os, "sched_setscheduler"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    elif priority in ("idle", "low"):  # no SCHED_IDLE outside Linux: the lowest nice instead
-        os.nice(19 if priority == "idle" else 10)
 
 
 def settings_line(settings: Settings) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -199,3 +200,35 @@ async def test_workers_of_a_killed_service_stop_on_their_own(
     output = log.read_text()
     assert "worker stopped roles=producer" in output
     assert "worker stopped roles=consumer" in output
+
+
+def realtime_permitted() -> bool:
+    """Whether this machine lets a process of ours take SCHED_RR (root, CAP_SYS_NICE, rlimit)."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+def policy(pid: int = 0) -> int:
+    return os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
+
+
+async def test_the_api_answers_at_realtime_priority_while_its_workers_stay_idle(
+    process_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`api_priority: realtime` (the shipped config) raises the API's event loop only: workers,
+    restarted ones included, never inherit it; the lifespan's end restores the thread."""
+    settings = process_settings.model_copy(update={"api_priority": "realtime"})
+    permitted = realtime_permitted()
+    async with serve(settings) as client:
+        await wait_until(lambda: all_running(client), 30, "both workers report running tasks")
+        assert policy() == (os.SCHED_RR if permitted else os.SCHED_OTHER)
+        workers()[0].send_signal(signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        await wait_until(lambda: all_running(client), 30, "the killed worker is back")
+        assert [policy(w.pid) for w in workers()] == [os.SCHED_IDLE] * 2
+    assert policy() == os.SCHED_OTHER
+    messages = {r.getMessage() for r in caplog.records if r.name == "pipeline.priority"}
+    if permitted:
+        assert messages == {"API event loop at real-time priority (SCHED_RR 1)"}
+    else:
+        assert any(m.startswith("api_priority realtime not permitted") for m in messages)

@@ -74,6 +74,10 @@ def test_empty_api_key_means_no_key() -> None:
             "invalid setting PIPELINE_WORKER_PRIORITY (worker_priority)",
         ),
         (
+            {"PIPELINE_API_PRIORITY": "high"},
+            "invalid setting PIPELINE_API_PRIORITY (api_priority)",
+        ),
+        (
             {"API__LATEST_CACHE_MS": "-1"},
             "invalid setting API__LATEST_CACHE_MS (api.latest_cache_ms)",
         ),
