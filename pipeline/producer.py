@@ -52,7 +52,7 @@ class _Record:
 
 
 # What the delivered-counters are labelled by: a trade's symbol, or a dead letter's source (key).
-_SYMBOL_AND_KEY = attrgetter("symbol", "key")
+_SYMBOL = attrgetter("symbol")
 
 
 @dataclass(slots=True)
@@ -148,7 +148,10 @@ class EventProducer:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        self._budget = asyncio.Semaphore(settings.queue_size)
+        # The budget: room for this many more records. A counter and an event rather than a
+        # semaphore, so that taking room and giving a whole batch's back cost no await each.
+        self._room = settings.queue_size
+        self._room_freed = asyncio.Event()
         self._pending: deque[_Record] = deque()
         self._has_pending = asyncio.Event()
         self._unacked = 0
@@ -168,7 +171,9 @@ class EventProducer:
 
     async def publish(self, event: TradeEvent) -> None:
         """Accept a valid trade; waits while the budget is used up (backpressure on the source)."""
-        await self._accept(
+        if self._room <= 0:
+            await self._wait_for_room()
+        self._accept(
             _Record(
                 self._settings.topic,
                 event.symbol.encode(),
@@ -181,10 +186,17 @@ class EventProducer:
         """Accept an invalid input for the DLQ topic, with its reason."""
         topic, value, headers = dead_letter_record(self._settings, raw, reason, source)
         metrics.TRADES_REJECTED.labels(source).inc()
-        await self._accept(_Record(topic, source.encode(), value, tuple(headers)))
+        if self._room <= 0:
+            await self._wait_for_room()
+        self._accept(_Record(topic, source.encode(), value, tuple(headers)))
 
-    async def _accept(self, record: _Record) -> None:
-        await self._budget.acquire()
+    async def _wait_for_room(self) -> None:
+        while self._room <= 0:
+            self._room_freed.clear()
+            await self._room_freed.wait()
+
+    def _accept(self, record: _Record) -> None:
+        self._room -= 1
         self._unacked += 1
         self._drained.clear()
         self._pending.append(record)
@@ -344,8 +356,8 @@ class EventProducer:
         del self._in_flight[future]
         self._mark_up()
         self._count_delivered(batch.records)
-        for _ in batch.records:
-            self._budget.release()
+        self._room += len(batch.records)
+        self._room_freed.set()
         self._unacked -= len(batch.records)
         if self._unacked == 0:
             self._drained.set()
@@ -353,12 +365,15 @@ class EventProducer:
     def _count_delivered(self, records: list[_Record]) -> None:
         """Per acknowledged batch: one metric increment per symbol (or DLQ source), not per record."""
         self._delivered += len(records)
-        for (symbol, key), count in Counter(map(_SYMBOL_AND_KEY, records)).items():
-            if symbol:
-                self._produced_counter(symbol).inc(count)
-            else:
-                self._dead_letters += count
-                metrics.DLQ_PRODUCED.labels(key.decode()).inc(count)
+        by_symbol = Counter(map(_SYMBOL, records))
+        dead_letters = by_symbol.pop("", 0)
+        for symbol, count in by_symbol.items():
+            self._produced_counter(symbol).inc(count)
+        if dead_letters:
+            self._dead_letters += dead_letters
+            sources = Counter(record.key for record in records if not record.symbol)
+            for source, count in sources.items():
+                metrics.DLQ_PRODUCED.labels(source.decode()).inc(count)
 
     def _produced_counter(self, symbol: str) -> MetricCounter:
         # labels() takes a lock and builds a key on every call: look each child up once.
