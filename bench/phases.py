@@ -109,6 +109,7 @@ class LiveSession:
             self.cpu.start()
             result = await load.run(self.config.api_window_s + 60)
             result["cpu_cores"] = self.cpu.stop()
+            result["api_realtime"] = self.service.realtime()
         finally:
             await load.close()
         _log_cpu(result["cpu_cores"])
@@ -138,6 +139,7 @@ class LiveSession:
                 self.cpu.start()
                 result = await load.run(window + 60)
                 result["cpu_cores"] = self.cpu.stop()
+                result["api_realtime"] = self.service.realtime()
                 _log_cpu(result["cpu_cores"])
                 stored_at = await stored_task
             finally:

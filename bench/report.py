@@ -194,7 +194,15 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
             "api_ingest_p50": _get(primary, "api_ingest.latency_ms.p50"),
             "api_ingest_p99": api_ingest,
         },
-        "api": {"min_achieved_rps": min(achieved) if None not in achieved else None},
+        "api": {
+            "min_achieved_rps": min(achieved) if None not in achieved else None,
+            # Both windows' processes at a real-time priority (docs/perf.md, "The API under
+            # full ingest"): the service's API (api_priority) and the load generator.
+            "realtime": {
+                who: all(_get(primary, f"{k}.{key}") is True for k in ("api_idle", "api_ingest"))
+                for who, key in (("api", "api_realtime"), ("load_generator", "realtime"))
+            },
+        },
         "rss_mb_peak": rss_peak,
         "rss_mb": raw["rss_mb"],
         "cpu_us_per_row": {
@@ -282,6 +290,10 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value:g}{unit}" if isinstance(value, int | float) else f"{value}{unit}"
 
 
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The human-readable summary printed on stdout."""
     p, m, rates, lat = (
@@ -321,6 +333,10 @@ def format_table(report: dict[str, Any]) -> str:
         f"{_fmt(lat['e2e_p50_at_1k']):>8}{_fmt(lat['e2e_p95_at_1k']):>8}{_fmt(lat['e2e_p99_at_1k']):>8}",
         f"{'GET /prices/{symbol} idle':<52}{_fmt(lat['api_idle_p50']):>8}{'':>8}{_fmt(lat['api_idle_p99']):>8}",
         f"{'GET /prices/{symbol} during ingest':<52}{_fmt(lat['api_ingest_p50']):>8}{'':>8}{_fmt(lat['api_ingest_p99']):>8}",
+        "  at real-time priority: API "
+        + _yes_no(report["api"]["realtime"]["api"])
+        + ", load generator "
+        + _yes_no(report["api"]["realtime"]["load_generator"]),
     ]
     cpu_names = ("service", "kafka", "postgres", "bench", "other")
     lines += [

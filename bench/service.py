@@ -87,6 +87,11 @@ class ServiceProcess:
         assert self._process is not None
         return self._process.pid
 
+    def realtime(self) -> bool:
+        """Whether the API process runs at a real-time priority (`api_priority: realtime`)."""
+        policy = os.sched_getscheduler(self.pid) & ~os.SCHED_RESET_ON_FORK
+        return policy in (os.SCHED_RR, os.SCHED_FIFO)
+
     async def start(self, timeout: float) -> None:
         if self._profile_out is not None:
             self._env["BENCH_PROFILE_OUT"] = str(self._profile_out)
