@@ -108,7 +108,7 @@ def _try_realtime() -> bool:
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except PermissionError:
+    except OSError:  # not permitted, or no real-time budget in this cgroup
         return False
     return True
 

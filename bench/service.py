@@ -89,6 +89,8 @@ class ServiceProcess:
 
     def realtime(self) -> bool:
         """Whether the API process runs at a real-time priority (`api_priority: realtime`)."""
+        if not hasattr(os, "sched_getscheduler"):
+            return False  # no real-time scheduling outside Linux
         policy = os.sched_getscheduler(self.pid) & ~os.SCHED_RESET_ON_FORK
         return policy in (os.SCHED_RR, os.SCHED_FIFO)
 

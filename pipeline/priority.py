@@ -33,8 +33,9 @@ def raise_priority(priority: ApiPriority) -> Callable[[], None]:
     """Put the calling thread (the API's event loop) at `priority`; returns what undoes it.
 
     Real-time needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1 (compose's
-    `ulimits: rtprio`); without them this logs a warning and the thread stays as it was. Children and new threads start at the
-    normal policy (SCHED_RESET_ON_FORK): workers and helper threads never inherit it.
+    `ulimits: rtprio`); without them this logs a warning and the thread stays as it was.
+    Children and new threads start at the normal policy (SCHED_RESET_ON_FORK): workers and
+    helper threads never inherit it.
     """
     if priority == "normal" or not hasattr(os, "sched_setscheduler"):
         return _nothing

@@ -206,9 +206,10 @@ class Settings(BaseSettings):
     # preempts them at once, so it answers as fast under full ingest as idle, and ingest takes
     # the rest of the CPU (Kafka holds what is not stored yet). low: nice 10. normal: as the API.
     worker_priority: WorkerPriority = "idle"
-    # CPU priority of the API process's event loop. realtime (SCHED_RR 1, needs root or
-    # CAP_SYS_NICE, else a warning and normal): its requests preempt the broker, the database
-    # and everything else on a shared machine, not just our workers (pipeline/priority.py).
+    # CPU priority of the API process's event loop. realtime (SCHED_RR 1; needs root,
+    # CAP_SYS_NICE or `ulimit -r` >= 1, else a warning and normal): its requests preempt the
+    # broker, the database and all else on a shared machine, not just our workers
+    # (pipeline/priority.py). config/settings.yaml ships realtime.
     api_priority: ApiPriority = "normal"
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()

@@ -78,7 +78,7 @@ def service_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
         "KAFKA__LINGER_MS": "5",
         "BINANCE__VERIFY_SYMBOLS": "false",
         # Most tests run the app in the test process: real-time would apply to pytest itself.
-        # tests/integration/test_priority.py covers the shipped `realtime`.
+        # test_worker_processes.py covers the shipped `realtime`.
         "PIPELINE_API_PRIORITY": "normal",
     }
 
