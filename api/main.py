@@ -37,7 +37,7 @@ from pipeline.db import create_engine
 from pipeline.errors import ConfigError
 from pipeline.exchange import ExchangeClient
 from pipeline.logs import configure_logging
-from pipeline.priority import raise_priority
+from pipeline.priority import ApiPriority, raise_priority
 from pipeline.processes import ProcessPipeline
 from pipeline.service import Pipeline, PipelineControl
 from pipeline.settings import ApiSettings, Settings, load_settings
@@ -129,6 +129,15 @@ async def _stop_pipeline(pipeline: PipelineControl, timeout_s: float) -> None:
         logger.error("pipeline did not stop within %.0f s; abandoning its tasks", timeout_s)
 
 
+def _loop_priority(settings: Settings) -> ApiPriority:
+    """`api_priority`, for a loop that only serves the API: roles run as tasks on it (isolation
+    task) would take a core at real-time priority from the broker and the database they need."""
+    if settings.api_priority == "realtime" and settings.isolation == "task" and settings.roles:
+        logger.info("api_priority realtime not applied: the roles run on the API's event loop")
+        return "normal"
+    return settings.api_priority
+
+
 def _lifespan(
     given: Settings | None, database_wait_s: float
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
@@ -177,7 +186,7 @@ def _lifespan(
                 ",".join(sorted(settings.roles)) or "none",
                 "api-key" if settings.api.api_key is not None else "loopback-only",
             )
-            stack.callback(raise_priority(settings.api_priority))
+            stack.callback(raise_priority(_loop_priority(settings)))
             yield state
             logger.info("service stopping")
         logger.info("service stopped")

@@ -232,3 +232,18 @@ async def test_the_api_answers_at_realtime_priority_while_its_workers_stay_idle(
         assert messages == {"API event loop at real-time priority (SCHED_RR 1)"}
     else:
         assert any(m.startswith("api_priority realtime not permitted") for m in messages)
+
+
+async def test_roles_on_the_api_loop_keep_it_at_normal_priority(
+    process_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With isolation "task" the loop runs ingest too: real-time would take a core from the
+    broker and the database it needs, so `api_priority: realtime` is not applied."""
+    settings = process_settings.model_copy(update={"api_priority": "realtime", "isolation": "task"})
+    async with serve(settings) as client:
+        assert (await client.get("/health")).status_code == 200
+        assert policy() == os.SCHED_OTHER
+        assert workers() == []
+    assert "api_priority realtime not applied: the roles run on the API's event loop" in {
+        r.getMessage() for r in caplog.records
+    }
