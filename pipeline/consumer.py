@@ -54,6 +54,16 @@ class ConsumerStatus:
     last_commit_at: float | None
 
 
+@dataclass(slots=True)
+class _Decoded:
+    """A batch as it waits to be stored: its rows, its poison records (for the DLQ, with the
+    reason) and, per partition, the offset to commit after it."""
+
+    rows: list[Row]
+    poison: list[tuple[ConsumerRecord, str]]
+    offsets: dict[TopicPartition, int]
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets a rebalance happen only between batches, after the batches in hand are committed."""
 
@@ -119,13 +129,9 @@ class TradeConsumer:
             self._consumer = consumer
             while True:
                 in_hand = _without_done(in_hand)  # a failed batch fails the role now
-                batches = await consumer.getmany(
-                    timeout_ms=self._settings.consumer_poll_timeout_ms,
-                    max_records=self._settings.consumer_max_records,
-                )
-                if not batches:
+                decoded = await self._poll(consumer)
+                if decoded is None:
                     continue
-                decoded = self._decode(batches)
                 if in_hand:
                     await self._written.wait()  # batch N is in the database before N+1 is written
                     in_hand = _without_done(in_hand)
@@ -134,9 +140,7 @@ class TradeConsumer:
                 self._written.clear()
                 previous = in_hand[-1] if in_hand else None
                 in_hand.append(
-                    asyncio.create_task(
-                        self._store_and_commit(consumer, batches, decoded, previous)
-                    )
+                    asyncio.create_task(self._store_and_commit(consumer, decoded, previous))
                 )
         finally:
             for task in in_hand:
@@ -180,10 +184,18 @@ class TradeConsumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _decode(
-        self, batches: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> tuple[list[Row], list[tuple[ConsumerRecord, str]]]:
-        """The batch's rows, and the records that are not trades with the reason."""
+    async def _poll(self, consumer: AIOKafkaConsumer) -> _Decoded | None:
+        """The next batch, decoded; None if nothing came within the poll timeout. The records
+        themselves are dropped here: a batch in hand keeps only its rows and offsets."""
+        batches = await consumer.getmany(
+            timeout_ms=self._settings.consumer_poll_timeout_ms,
+            max_records=self._settings.consumer_max_records,
+        )
+        return self._decode(batches) if batches else None
+
+    def _decode(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> _Decoded:
+        """The batch's rows, the records that are not trades with the reason, and the offsets
+        to commit once it is stored."""
         rows: list[Row] = []
         poison: list[tuple[ConsumerRecord, str]] = []
         for records in batches.values():
@@ -195,18 +207,18 @@ class TradeConsumer:
         count = sum(len(records) for records in batches.values())
         self._consumed += count
         metrics.RECORDS_CONSUMED.inc(count)
-        return rows, poison
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+        return _Decoded(rows, poison, offsets)
 
     async def _store_and_commit(
         self,
         consumer: AIOKafkaConsumer,
-        batches: dict[TopicPartition, list[ConsumerRecord]],
-        decoded: tuple[list[Row], list[tuple[ConsumerRecord, str]]],
+        decoded: _Decoded,
         previous: asyncio.Task[None] | None,
     ) -> None:
         """Dead letters, then the rows in one transaction (then `_written` is set), then the
         offsets, after `previous` batch's; frees the slot in hand that `run` took for it."""
-        rows, poison = decoded
+        rows, poison = decoded.rows, decoded.poison
         try:
             try:
                 if poison:
@@ -218,7 +230,7 @@ class TradeConsumer:
                 self._written.set()  # on failure too: `run` then finds this task failed
             if previous is not None:
                 await previous  # its failure is this batch's too: offsets commit in order
-            await self._commit(consumer, batches)
+            await self._commit(consumer, decoded.offsets)
         finally:
             self._in_hand.release()
 
@@ -249,10 +261,10 @@ class TradeConsumer:
             return stored
 
     async def _commit(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+        self, consumer: AIOKafkaConsumer, next_offsets: dict[TopicPartition, int]
     ) -> None:
         assigned = consumer.assignment()
-        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if tp in assigned}
+        offsets = {tp: offset for tp, offset in next_offsets.items() if tp in assigned}
         if not offsets:
             return
         try:
