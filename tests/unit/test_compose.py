@@ -427,6 +427,19 @@ def test_app_restarts_and_gets_time_to_drain_on_stop(app_services: Services) -> 
         assert duration_seconds(svc["stop_grace_period"]) >= 30, name
 
 
+def test_the_non_root_app_may_take_the_real_time_priority_its_config_asks_for(
+    app_services: Services,
+) -> None:
+    """config/settings.yaml ships `api_priority: realtime`; the image runs as a non-root user,
+    for whom SCHED_RR 1 needs RLIMIT_RTPRIO >= 1."""
+    shipped = yaml.safe_load((ROOT / "config" / "settings.yaml").read_text())
+    assert shipped["api_priority"] == "realtime"
+    for name, svc in app_services.items():
+        rtprio = svc["ulimits"]["rtprio"]
+        soft = rtprio["soft"] if isinstance(rtprio, dict) else rtprio
+        assert soft >= 1, name
+
+
 # --------------------------------------------------------------------------------------
 # App configuration
 # --------------------------------------------------------------------------------------
