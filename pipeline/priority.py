@@ -44,7 +44,8 @@ def raise_priority(priority: ApiPriority) -> Callable[[], None]:
         os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
     except OSError as exc:
         logger.warning(
-            "api_priority realtime not permitted (%s); the API runs at normal priority",
+            "api_priority realtime not permitted (%s); the API runs at normal priority. "
+            "Allow it with CAP_SYS_NICE or `ulimit -r 1`, or set PIPELINE_API_PRIORITY=normal",
             exc.strerror or exc,
         )
         return _nothing
