@@ -12,14 +12,15 @@ pydantic's reason (the DLQ's). tests/unit/test_kafka_rows.py holds the two to th
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import msgspec
 
 from pipeline.models import Row, trade_from_kafka
-from pipeline.trade_checks import EPOCH_MILLIS_END, MAX_TRADE_ID, is_symbol, positive_decimal
-
-_EpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=EPOCH_MILLIS_END)]
+from pipeline.trade_checks import (
+    DecodedEpochMillis,
+    DecodedTradeId,
+    is_symbol,
+    positive_decimal,
+)
 
 
 class _KafkaTrade(msgspec.Struct):
@@ -28,14 +29,14 @@ class _KafkaTrade(msgspec.Struct):
     ignored like TradeEvent's extra="ignore"."""
 
     symbol: str  # checked by is_symbol: its cache beats msgspec's regex per record
-    trade_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)]
+    trade_id: DecodedTradeId
     # Strings, turned into Decimal by positive_decimal: msgspec's Decimal takes JSON numbers too.
     price: str
     quantity: str
-    event_time: _EpochMillis
-    trade_time: _EpochMillis
+    event_time: DecodedEpochMillis
+    trade_time: DecodedEpochMillis
     is_buyer_maker: bool
-    processed_at: _EpochMillis
+    processed_at: DecodedEpochMillis
 
 
 _decode = msgspec.json.Decoder(_KafkaTrade).decode

@@ -27,6 +27,8 @@ from pipeline.settings import SYMBOL_PATTERN
 from pipeline.trade_checks import (
     EPOCH_MILLIS_END,
     MAX_TRADE_ID,
+    DecodedEpochMillis,
+    DecodedTradeId,
     is_epoch_millis,
     is_symbol,
     is_trade_id,
@@ -178,21 +180,17 @@ def _event(
     return event
 
 
-# TradeEvent's int fields, checked by msgspec while it decodes: strict (JSON integers only).
-_FrameEpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=EPOCH_MILLIS_END)]
-
-
 class _FrameTrade(msgspec.Struct):
     """The `data` of a Binance trade frame, in the one shape Binance sends. Unknown keys (`M`)
     are ignored, like TradeEvent's extra="ignore"; strings are checked after decoding."""
 
     e: Literal["trade"]
-    E: _FrameEpochMillis
+    E: DecodedEpochMillis
     s: str
-    t: Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)]
+    t: DecodedTradeId
     p: str
     q: str
-    T: _FrameEpochMillis
+    T: DecodedEpochMillis
     m: bool
 
 

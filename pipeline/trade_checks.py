@@ -11,11 +11,18 @@ the fast paths to it over corpora of edge cases).
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import Annotated
+
+import msgspec
 
 from pipeline.settings import SYMBOL_PATTERN
 
 EPOCH_MILLIS_END = 10**14  # TradeEvent's EpochMillis: 0 <= ms < 10**14
 MAX_TRADE_ID = 2**63 - 1  # the trade_id column is a bigint
+# The same bounds for the msgspec decoders of the fast paths, checked while they decode (strict:
+# JSON integers only, no floats or bools).
+DecodedEpochMillis = Annotated[int, msgspec.Meta(ge=0, lt=EPOCH_MILLIS_END)]
+DecodedTradeId = Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)]
 _ZERO = Decimal(0)
 # TradeEvent rejects a price whose float is infinite (math.isfinite): anything from ~1.8e308 up.
 # Below 1e300 a Decimal surely is a finite float; the rare rest is TradeEvent's to judge.
