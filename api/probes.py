@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.schemas import CheckOut, ReadinessOut
 from pipeline import metrics, migrate
 from pipeline.kafka_admin import ConsumerLag, consumer_lag
+from pipeline.kafka_start import start_within
 from pipeline.service import PipelineControl
 from pipeline.settings import KafkaSettings
 
@@ -47,8 +48,7 @@ async def probe_kafka(settings: KafkaSettings, timeout_s: float = READY_TIMEOUT_
         request_timeout_ms=int(timeout_s * 1000),
     )
     try:
-        async with asyncio.timeout(timeout_s):
-            await client.bootstrap()
+        await start_within(client.bootstrap(), timeout_s)
         return len(client.cluster.brokers())
     finally:
         await client.close()

@@ -27,6 +27,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pipeline import metrics
 from pipeline.errors import InvalidTrade, SinkUnavailable
 from pipeline.kafka_rows import row_from_kafka
+from pipeline.kafka_start import start_within
 from pipeline.models import Row
 from pipeline.producer import KAFKA_CALL_TIMEOUT_S, build_producer, dead_letter_record
 from pipeline.settings import KafkaSettings
@@ -172,7 +173,7 @@ class TradeConsumer:
         while True:
             consumer = self._build()
             try:
-                await asyncio.wait_for(consumer.start(), KAFKA_CALL_TIMEOUT_S)
+                await start_within(consumer.start(), KAFKA_CALL_TIMEOUT_S)
                 return consumer
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._last_error = f"kafka: {type(exc).__name__}: {exc}"
@@ -278,7 +279,7 @@ class TradeConsumer:
     async def _dead_letter(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
         if self._dlq is None:
             self._dlq = build_producer(self._settings)
-            await asyncio.wait_for(self._dlq.start(), KAFKA_CALL_TIMEOUT_S)
+            await start_within(self._dlq.start(), KAFKA_CALL_TIMEOUT_S)
         for record, reason in poison:
             topic, value, headers = dead_letter_record(
                 self._settings, record.value or b"", reason, "kafka"

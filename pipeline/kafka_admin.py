@@ -17,6 +17,7 @@ from aiokafka.errors import (
 )
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from pipeline.kafka_start import start_within
 from pipeline.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ async def ensure_topics(settings: KafkaSettings) -> list[str]:
     """Create the trade and DLQ topics if missing (the broker never auto-creates); return created."""
     admin = _admin(settings)
     try:
-        await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
+        await start_within(admin.start(), ADMIN_TIMEOUT_S)
         existing = set(await admin.list_topics())
         wanted = [settings.topic, settings.dlq_topic]
         missing = [
@@ -86,7 +87,7 @@ async def consumer_lag(settings: KafkaSettings) -> ConsumerLag:
     """
     admin = _admin(settings)
     try:
-        await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT_S)
+        await start_within(admin.start(), ADMIN_TIMEOUT_S)
         described = await asyncio.wait_for(admin.describe_topics([settings.topic]), ADMIN_TIMEOUT_S)
         partitions = sorted(
             p["partition"]
@@ -102,7 +103,7 @@ async def consumer_lag(settings: KafkaSettings) -> ConsumerLag:
             request_timeout_ms=int(ADMIN_TIMEOUT_S * 1000),
         )
         try:
-            await asyncio.wait_for(reader.start(), ADMIN_TIMEOUT_S)
+            await start_within(reader.start(), ADMIN_TIMEOUT_S)
             tps = [TopicPartition(settings.topic, p) for p in partitions]
             ends = await asyncio.wait_for(reader.end_offsets(tps), ADMIN_TIMEOUT_S)
             begins = await asyncio.wait_for(reader.beginning_offsets(tps), ADMIN_TIMEOUT_S)

@@ -26,6 +26,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter as MetricCounter
 
 from pipeline import metrics
+from pipeline.kafka_start import start_within
 from pipeline.models import TradeEvent
 from pipeline.settings import KafkaSettings
 
@@ -236,7 +237,7 @@ class EventProducer:
         delay = RETRY_BACKOFF_S[0]
         while True:
             try:
-                await asyncio.wait_for(producer.start(), KAFKA_CALL_TIMEOUT_S)
+                await start_within(producer.start(), KAFKA_CALL_TIMEOUT_S)
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
                 await asyncio.sleep(delay)
