@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from bench.cpu import CpuMeter
 from pipeline import migrate
 from pipeline.db import create_engine
+from pipeline.kafka_start import start_within
 from pipeline.settings import DatabaseSettings
 from pipeline.stack import LocalKafka, LocalPostgres
 
@@ -113,7 +114,7 @@ class BenchStack:
         if self._topics:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(admin.start(), 10)
+                await start_within(admin.start(), 10)
                 existing = set(await admin.list_topics())
                 doomed = [t for t in self._topics if t in existing]
                 if doomed:

@@ -21,6 +21,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.kafka_start import start_within
 from pipeline.simulator import BinanceSimulator
 
 Key = tuple[str, int]
@@ -167,8 +168,8 @@ def _decimal_equal(a: str, b: str) -> bool:
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition of `topic` (partitions never committed absent)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT_S)
     try:
+        await start_within(admin.start(), KAFKA_TIMEOUT_S)
         offsets = await asyncio.wait_for(admin.list_consumer_group_offsets(group), KAFKA_TIMEOUT_S)
     finally:
         await admin.close()
@@ -181,8 +182,8 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
 
 async def partitions(bootstrap: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT_S)
     try:
+        await start_within(admin.start(), KAFKA_TIMEOUT_S)
         described = await asyncio.wait_for(admin.describe_topics([topic]), KAFKA_TIMEOUT_S)
     finally:
         await admin.close()
@@ -201,8 +202,8 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
     )
-    await asyncio.wait_for(consumer.start(), KAFKA_TIMEOUT_S)
     try:
+        await start_within(consumer.start(), KAFKA_TIMEOUT_S)
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
