@@ -6,34 +6,38 @@ import asyncio
 import contextlib
 import gc
 import struct
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import KafkaConnectionError
 
-from pipeline.kafka_start import start_within
+from pipeline.kafka_start import BOOTSTRAP_GRACE_S, start_within
 from pipeline.stack import LocalKafka
 
 pytestmark = pytest.mark.integration
 
-METADATA_API_KEY = 3
+METADATA = 3
+API_VERSIONS = 18
+# Well within start_within's grace: a slow broker, not a dead one.
 METADATA_DELAY_S = 0.3
 
 
-class SlowMetadataProxy:
-    """A TCP proxy to the broker that holds each Metadata request for `delay_s` and sets
-    `metadata_asked` when one arrives: a bootstrap whose first metadata request is in flight."""
+class HoldingProxy:
+    """A TCP proxy to the broker that holds each request of one API for `delay_s` and sets
+    `asked` when one arrives (for Metadata: a bootstrap whose first metadata request is in
+    flight)."""
 
-    def __init__(self, broker_host: str, broker_port: int, delay_s: float) -> None:
-        self._broker = (broker_host, broker_port)
+    def __init__(self, broker: str, api_key: int, delay_s: float) -> None:
+        host, port = broker.rsplit(":", 1)
+        self._broker = (host, int(port))
+        self._api_key = api_key
         self._delay_s = delay_s
-        self.metadata_asked = asyncio.Event()
+        self.asked = asyncio.Event()
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> SlowMetadataProxy:
+    async def __aenter__(self) -> HoldingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -58,8 +62,8 @@ class SlowMetadataProxy:
             while True:
                 size = await source.readexactly(4)
                 body = await source.readexactly(struct.unpack(">i", size)[0])
-                if struct.unpack(">h", body[:2])[0] == METADATA_API_KEY:
-                    self.metadata_asked.set()
+                if struct.unpack(">h", body[:2])[0] == self._api_key:
+                    self.asked.set()
                     await asyncio.sleep(self._delay_s)
                 sink.write(size + body)
                 await sink.drain()
@@ -72,11 +76,8 @@ class SlowMetadataProxy:
                 await sink.drain()
 
 
-@contextlib.asynccontextmanager
-async def slow_metadata(kafka: LocalKafka) -> AsyncIterator[SlowMetadataProxy]:
-    host, port = kafka.bootstrap_servers.rsplit(":", 1)
-    async with SlowMetadataProxy(host, int(port), METADATA_DELAY_S) as proxy:
-        yield proxy
+def held(kafka: LocalKafka, api_key: int, delay_s: float) -> HoldingProxy:
+    return HoldingProxy(kafka.bootstrap_servers, api_key, delay_s)
 
 
 def open_connections(port: int) -> list[AIOKafkaConnection]:
@@ -97,10 +98,10 @@ def open_connections(port: int) -> list[AIOKafkaConnection]:
 async def test_a_start_cancelled_during_the_first_metadata_request_leaves_no_connection(
     kafka_broker: LocalKafka, client_type: type[AIOKafkaProducer] | type[AIOKafkaConsumer]
 ) -> None:
-    async with slow_metadata(kafka_broker) as proxy:
+    async with held(kafka_broker, METADATA, METADATA_DELAY_S) as proxy:
         client = client_type(bootstrap_servers=f"127.0.0.1:{proxy.port}")
         starting = asyncio.create_task(start_within(client.start(), timeout_s=10))
-        await proxy.metadata_asked.wait()
+        await proxy.asked.wait()
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await starting
@@ -108,13 +109,27 @@ async def test_a_start_cancelled_during_the_first_metadata_request_leaves_no_con
         assert open_connections(proxy.port) == []
 
 
-async def test_a_start_that_times_out_during_the_first_metadata_request_leaves_no_connection(
+async def test_a_start_that_outlasts_its_timeout_by_less_than_the_grace_counts_as_started(
     kafka_broker: LocalKafka,
 ) -> None:
-    async with slow_metadata(kafka_broker) as proxy:
+    """Not a failure to retry: a retry would start the same client a second time."""
+    async with held(kafka_broker, METADATA, METADATA_DELAY_S) as proxy:
         client = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{proxy.port}")
-        with pytest.raises(TimeoutError):
+        try:
             await start_within(client.start(), timeout_s=METADATA_DELAY_S / 3)
+            assert client.client.cluster.brokers()
+        finally:
+            await client.stop()
+        assert open_connections(proxy.port) == []
+
+
+async def test_a_start_that_outlasts_the_grace_times_out_and_leaves_no_connection(
+    kafka_broker: LocalKafka,
+) -> None:
+    async with held(kafka_broker, API_VERSIONS, delay_s=60) as proxy:
+        client = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{proxy.port}")
+        with pytest.raises(TimeoutError, match=f"not started within {0.1 + BOOTSTRAP_GRACE_S:g} s"):
+            await start_within(client.start(), timeout_s=0.1)
         await client.stop()
         assert open_connections(proxy.port) == []
 
