@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -95,6 +96,21 @@ class CachedPartitioner:
             partition = int(DefaultPartitioner()(key, all_partitions, available))
             self._cache[cache_key] = partition
         return partition
+
+
+def _fail_all_batches(producer: AIOKafkaProducer) -> None:
+    """Fail every batch a dropped producer still holds, so that its stop() does not flush them.
+
+    fail_all() also fails each batch's drain waiter, which nobody awaits with the batch API;
+    they are retrieved here, or asyncio logs each as "exception was never retrieved" (private
+    API, aiokafka 0.14).
+    """
+    accumulator = producer._message_accumulator
+    batches = [*chain.from_iterable(accumulator._batches.values()), *accumulator._pending_batches]
+    accumulator.fail_all(KafkaError("producer replaced"))
+    for batch in batches:
+        if not batch._drain_waiter.cancelled():
+            batch._drain_waiter.exception()
 
 
 def build_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
@@ -425,7 +441,7 @@ class EventProducer:
             # Until it has ended: stop() would otherwise cancel and await it again, get its
             # CancelledError, and leave the connections open.
             await asyncio.wait({sender_task}, timeout=KAFKA_CALL_TIMEOUT_S)
-        producer._message_accumulator.fail_all(KafkaError("producer replaced"))
+        _fail_all_batches(producer)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.stop(), KAFKA_CALL_TIMEOUT_S)
 

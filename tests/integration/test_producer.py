@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -224,3 +226,22 @@ async def test_a_failed_batch_is_delivered_again_by_a_new_producer_in_order(
         symbol: list(dict.fromkeys(ids)) for symbol, ids in trade_ids_by_symbol(records).items()
     }
     assert seen == published
+
+
+async def test_a_replaced_producer_leaves_no_failure_for_asyncio_to_report(
+    make_kafka_settings: Callable[..., KafkaSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its batches are failed on purpose when it is dropped: asyncio must not log them as
+    "Future exception was never retrieved" errors once they are garbage."""
+    settings = make_kafka_settings(KAFKA__MAX_BATCH_SIZE="4096")
+    await ensure_topics(settings)
+    factory = FailFirstBatch()
+    monkeypatch.setattr(producer_module, "build_producer", factory)
+    await produce(settings, make_trades(SYMBOLS[:6], 500))
+    assert len(factory.producers) == 2
+    factory.producers.clear()  # the last reference to the replaced producer and its batches
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
