@@ -3,7 +3,8 @@
 Put it between the service and a dependency (DATABASE_URL pointing at the proxy's port) to
 inject network faults without touching the server: `cut()` resets every open connection and
 refuses new ones (the listening socket is closed, so connects get ECONNREFUSED), `restore()`
-listens again on the same port. It runs in the test's event loop.
+listens again on the same port. What clients send goes through `client_to_server`, raw by
+default; a test may pass its own to hold or inspect requests. It runs in the test's event loop.
 """
 
 from __future__ import annotations
@@ -12,17 +13,25 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 CHUNK = 64 * 1024
+
+# Forwards one direction of a link until the reader ends.
+Pump = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target`: ("host", port) over TCP, or a unix socket path."""
 
-    def __init__(self, target: tuple[str, int] | Path) -> None:
+    def __init__(
+        self, target: tuple[str, int] | Path, client_to_server: Pump | None = None
+    ) -> None:
         self.target = target
+        self._client_to_server = client_to_server or _pump
         self.port = 0
         self.accepted = 0  # connections forwarded since start
         self.cuts = 0
@@ -92,7 +101,7 @@ class TcpProxy:
         link = (writer, up_writer)
         self._links.add(link)
         pumps = [
-            self._spawn(_pump(reader, up_writer)),
+            self._spawn(self._client_to_server(reader, up_writer)),
             self._spawn(_pump(up_reader, writer)),
         ]
         # When either direction ends, the other one goes too (a half-open link is a dead link).
@@ -104,8 +113,8 @@ class TcpProxy:
         for end in link:
             end.close()
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -14,6 +15,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from pipeline.kafka_start import BOOTSTRAP_GRACE_S, start_within
 from pipeline.stack import LocalKafka
+from tests.chaos.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -23,42 +25,18 @@ API_VERSIONS = 18
 METADATA_DELAY_S = 0.3
 
 
-class HoldingProxy:
-    """A TCP proxy to the broker that holds each request of one API for `delay_s` and sets
-    `asked` when one arrives (for Metadata: a bootstrap whose first metadata request is in
-    flight)."""
+class HeldRequests:
+    """The client-to-broker side of a TcpProxy, Kafka request by request: each request of one
+    API is held for `delay_s`, and `asked` is set when one arrives (for Metadata: a bootstrap
+    whose first metadata request is in flight)."""
 
-    def __init__(self, broker: str, api_key: int, delay_s: float) -> None:
-        host, port = broker.rsplit(":", 1)
-        self._broker = (host, int(port))
+    def __init__(self, api_key: int, delay_s: float) -> None:
         self._api_key = api_key
         self._delay_s = delay_s
         self.asked = asyncio.Event()
-        self.port = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> HoldingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        broker_r, broker_w = await asyncio.open_connection(*self._broker)
-        requests = asyncio.create_task(self._requests(client_r, broker_w))
-        answers = asyncio.create_task(self._pipe(broker_r, client_w))
-        self._tasks |= {requests, answers}
-        await asyncio.wait({requests, answers}, return_when=asyncio.FIRST_COMPLETED)
-        for writer in (broker_w, client_w):
-            writer.close()
-
-    async def _requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+    async def __call__(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, OSError):
             while True:
                 size = await source.readexactly(4)
                 body = await source.readexactly(struct.unpack(">i", size)[0])
@@ -68,16 +46,20 @@ class HoldingProxy:
                 sink.write(size + body)
                 await sink.drain()
 
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
 
-
-def held(kafka: LocalKafka, api_key: int, delay_s: float) -> HoldingProxy:
-    return HoldingProxy(kafka.bootstrap_servers, api_key, delay_s)
+@contextlib.asynccontextmanager
+async def held(
+    kafka: LocalKafka, api_key: int, delay_s: float
+) -> AsyncIterator[tuple[TcpProxy, HeldRequests]]:
+    """A proxy to the broker that holds the requests of one API."""
+    host, port = kafka.bootstrap_servers.rsplit(":", 1)
+    requests = HeldRequests(api_key, delay_s)
+    proxy = TcpProxy((host, int(port)), client_to_server=requests)
+    await proxy.start()
+    try:
+        yield proxy, requests
+    finally:
+        await proxy.stop()
 
 
 def open_connections(port: int) -> list[AIOKafkaConnection]:
@@ -98,10 +80,10 @@ def open_connections(port: int) -> list[AIOKafkaConnection]:
 async def test_a_start_cancelled_during_the_first_metadata_request_leaves_no_connection(
     kafka_broker: LocalKafka, client_type: type[AIOKafkaProducer] | type[AIOKafkaConsumer]
 ) -> None:
-    async with held(kafka_broker, METADATA, METADATA_DELAY_S) as proxy:
-        client = client_type(bootstrap_servers=f"127.0.0.1:{proxy.port}")
+    async with held(kafka_broker, METADATA, METADATA_DELAY_S) as (proxy, requests):
+        client = client_type(bootstrap_servers=proxy.address)
         starting = asyncio.create_task(start_within(client.start(), timeout_s=10))
-        await proxy.asked.wait()
+        await requests.asked.wait()
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await starting
@@ -113,8 +95,8 @@ async def test_a_start_that_outlasts_its_timeout_by_less_than_the_grace_counts_a
     kafka_broker: LocalKafka,
 ) -> None:
     """Not a failure to retry: a retry would start the same client a second time."""
-    async with held(kafka_broker, METADATA, METADATA_DELAY_S) as proxy:
-        client = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{proxy.port}")
+    async with held(kafka_broker, METADATA, METADATA_DELAY_S) as (proxy, _):
+        client = AIOKafkaProducer(bootstrap_servers=proxy.address)
         try:
             await start_within(client.start(), timeout_s=METADATA_DELAY_S / 3)
             assert client.client.cluster.brokers()
@@ -126,8 +108,8 @@ async def test_a_start_that_outlasts_its_timeout_by_less_than_the_grace_counts_a
 async def test_a_start_that_outlasts_the_grace_times_out_and_leaves_no_connection(
     kafka_broker: LocalKafka,
 ) -> None:
-    async with held(kafka_broker, API_VERSIONS, delay_s=60) as proxy:
-        client = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{proxy.port}")
+    async with held(kafka_broker, API_VERSIONS, delay_s=60) as (proxy, _):
+        client = AIOKafkaProducer(bootstrap_servers=proxy.address)
         with pytest.raises(TimeoutError, match=f"not started within {0.1 + BOOTSTRAP_GRACE_S:g} s"):
             await start_within(client.start(), timeout_s=0.1)
         await client.stop()
