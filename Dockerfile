@@ -39,11 +39,11 @@ COPY config/ ./config/
 COPY pipeline/ ./pipeline/
 COPY api/ ./api/
 
-# The console script `crypto-pipeline = "pipeline.cli:main"`, as an installer would write it.
+# The console script `crypto-pipeline = "pipeline.runtime.cli:main"`, as an installer would write it.
 RUN printf '%s\n' \
         '#!/app/.venv/bin/python' \
         'import sys' \
-        'from pipeline.cli import main' \
+        'from pipeline.runtime.cli import main' \
         'if __name__ == "__main__":' \
         '    sys.exit(main())' \
         > /app/.venv/bin/crypto-pipeline \

@@ -34,10 +34,10 @@ $(VENV)/.installed: pyproject.toml poetry.lock | $(POETRY)
 install: $(VENV)/.installed ## install Python dependencies (Poetry, lock file) into .venv
 
 stack-up: install ## start local Kafka + PostgreSQL in the background, write .stack/env
-	@$(BIN)/python -m pipeline.stack up
+	@$(BIN)/python -m devtools.stack up
 
 stack-down: ## stop the local Kafka + PostgreSQL
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipeline.stack down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m devtools.stack down; fi
 
 migrate: stack-up ## alembic upgrade head
 	@source $(STACK_ENV) && $(BIN)/alembic upgrade head
@@ -47,7 +47,7 @@ run: migrate ## run the service against live Binance on HOST:PORT
 
 demo: migrate ## run the service against the built-in Binance simulator
 	@source $(STACK_ENV) && \
-	  $(BIN)/python -m pipeline.simulator --port $(SIM_PORT) & sim=$$!; \
+	  $(BIN)/python -m devtools.simulator --port $(SIM_PORT) & sim=$$!; \
 	  trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	  source $(STACK_ENV) && \
 	  BINANCE_WS_URL=ws://127.0.0.1:$(SIM_PORT) BINANCE_REST_URL=http://127.0.0.1:$(SIM_PORT) \

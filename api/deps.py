@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.probes import LagProbe, ReadinessProbe
 from api.reads import PriceReads
-from pipeline.exchange import ExchangeClient
-from pipeline.registry import SymbolRegistry
-from pipeline.service import PipelineControl
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.exchange.client import ExchangeClient
+from pipeline.runtime.pipeline import PipelineControl
+from pipeline.storage.registry import SymbolRegistry
 
 
 class AppState(TypedDict):

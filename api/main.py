@@ -32,15 +32,15 @@ from api.probes import LagProbe, ReadinessProbe
 from api.reads import PriceReads
 from api.routes import api_router
 from api.shortcut import answer_from_kept
-from pipeline import migrate
-from pipeline.db import create_engine
-from pipeline.errors import ConfigError
-from pipeline.exchange import ExchangeClient
-from pipeline.logs import configure_logging
-from pipeline.priority import ApiPriority, raise_priority
-from pipeline.processes import ProcessPipeline
-from pipeline.service import Pipeline, PipelineControl
-from pipeline.settings import ApiSettings, Settings, load_settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.logs import configure_logging
+from pipeline.core.settings import ApiPriority, ApiSettings, Settings, load_settings
+from pipeline.exchange.client import ExchangeClient
+from pipeline.runtime.pipeline import Pipeline, PipelineControl
+from pipeline.runtime.priority import raise_priority
+from pipeline.runtime.processes import ProcessPipeline
+from pipeline.storage import migrate
+from pipeline.storage.tables import create_engine
 
 logger = logging.getLogger("api")
 

@@ -12,11 +12,12 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.schemas import CheckOut, ReadinessOut
-from pipeline import metrics, migrate
-from pipeline.kafka_admin import ConsumerLag, consumer_lag
-from pipeline.kafka_start import start_within
-from pipeline.service import PipelineControl
-from pipeline.settings import KafkaSettings
+from pipeline.core import metrics
+from pipeline.core.settings import KafkaSettings
+from pipeline.kafka.admin import ConsumerLag, consumer_lag
+from pipeline.kafka.client import start_within
+from pipeline.runtime.pipeline import PipelineControl
+from pipeline.storage import migrate
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from starlette.responses import Response
 
 from api import queries
 from api.queries import Cursor
-from pipeline.settings import DatabaseSettings
+from pipeline.core.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
 

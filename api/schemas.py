@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pipeline.settings import normalize_symbol
+from pipeline.core.trade_checks import normalize_symbol
 
 # What clients may send (any case); the API upper-cases it (design.md: ^[A-Z0-9]{2,20}$).
 SYMBOL_INPUT_PATTERN = r"^[A-Za-z0-9]{2,20}$"

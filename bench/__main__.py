@@ -24,10 +24,10 @@ from bench.config import STACK_ENV_FILE, BenchConfig
 from bench.report import build_report, format_table, write_json
 from bench.run import run_bench
 from bench.stack import open_stack
-from pipeline.errors import StackError
+from pipeline.core.errors import StackError
 
 log = logging.getLogger("bench")
-QUIET = ("aiokafka", "kafka", "websockets", "httpx", "httpcore", "asyncio", "pipeline.simulator")
+QUIET = ("aiokafka", "kafka", "websockets", "httpx", "httpcore", "asyncio", "devtools.simulator")
 
 
 class _Elapsed(logging.Formatter):

@@ -28,7 +28,7 @@ reported as extra figures (`rates.*`, `raw.variants[].baselines`), so nothing is
   tuples (one commit, one COPY), into the empty table and into a bare copy of it without
   primary key or index — 1.2 to 2.3x the batched COPY in our runs; a consumer that commits
   Kafka offsets per batch cannot write that way, so it is no ceiling for the sink;
-* `copy_text`: the batched COPY in text format, the lines written by `pipeline.sink.copy_text`
+* `copy_text`: the batched COPY in text format, the lines written by `pipeline.storage.sink.copy_text`
   — the encoding the sink itself uses, cheaper for the client than asyncpg's binary encoding
   of Decimals; its ratios are reported beside the headline ones.
 
@@ -44,10 +44,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pipeline.db import CRYPTO_PRICES_COLUMNS
-from pipeline.models import Row
-from pipeline.settings import DatabaseSettings
-from pipeline.sink import PostgresSink, copy_text, copy_text_into
+from pipeline.core.settings import DatabaseSettings
+from pipeline.core.trades import Row
+from pipeline.storage.sink import PostgresSink, copy_text, copy_text_into
+from pipeline.storage.tables import CRYPTO_PRICES_COLUMNS
 
 _COLUMNS = ", ".join(CRYPTO_PRICES_COLUMNS)
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(CRYPTO_PRICES_COLUMNS) + 1))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from pipeline.simulator import BinanceSimulator, SimulatorConfig
+from devtools.simulator import BinanceSimulator, SimulatorConfig
 
 # Symbols with realistic price profiles in the simulator come first.
 KNOWN_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT")

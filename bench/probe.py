@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from pipeline.kafka_admin import consumer_lag
-from pipeline.settings import KafkaSettings
+from pipeline.core.settings import KafkaSettings
+from pipeline.kafka.admin import consumer_lag
 
 _MAX_IDS = """
 SELECT s.symbol, (SELECT max(c.trade_id) FROM crypto_prices c WHERE c.symbol = s.symbol)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from bench.config import BenchConfig
-from pipeline.stack import KAFKA_VERSION
+from devtools.stack import KAFKA_VERSION
 
 if TYPE_CHECKING:
     from bench.stack import BenchStack

@@ -22,8 +22,8 @@ from bench.probe import RowCheck, StoredProbe, wait_lag_zero
 from bench.report import machine_info
 from bench.service import ServiceProcess
 from bench.stack import BenchStack
-from pipeline.kafka_admin import ensure_topics
-from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings, load_settings
+from pipeline.core.settings import PROJECT_ROOT, KafkaSettings, Settings, load_settings
+from pipeline.kafka.admin import ensure_topics
 
 log = logging.getLogger("bench")
 

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import psutil
 
-from pipeline.settings import PROJECT_ROOT
-from pipeline.stack import free_port
+from devtools.stack import free_port
+from pipeline.core.settings import PROJECT_ROOT
 
 RSS_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 30.0

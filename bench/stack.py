@@ -24,11 +24,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.engine import make_url
 
 from bench.cpu import CpuMeter
-from pipeline import migrate
-from pipeline.db import create_engine
-from pipeline.kafka_start import start_within
-from pipeline.settings import DatabaseSettings
-from pipeline.stack import LocalKafka, LocalPostgres
+from devtools.stack import LocalKafka, LocalPostgres
+from pipeline.core.settings import DatabaseSettings
+from pipeline.kafka.client import start_within
+from pipeline.storage import migrate
+from pipeline.storage.tables import create_engine
 
 log = logging.getLogger("bench")
 

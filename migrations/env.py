@@ -10,8 +10,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from pipeline.db import create_engine, metadata
-from pipeline.settings import load_settings
+from pipeline.core.settings import load_settings
+from pipeline.storage.tables import create_engine, metadata
 
 # Concurrent starts of several instances must not race on the same upgrade.
 MIGRATION_LOCK_ID = 0x63727970746F  # "crypto"

@@ -15,8 +15,8 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
-from pipeline.db import crypto_prices
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.storage.tables import crypto_prices
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import migrate
-from pipeline.db import create_engine
-from pipeline.settings import DatabaseSettings, Settings, load_settings
-from pipeline.stack import LocalKafka, LocalPostgres
+from devtools.stack import LocalKafka, LocalPostgres
+from pipeline.core.settings import DatabaseSettings, Settings, load_settings
+from pipeline.storage import migrate
+from pipeline.storage.tables import create_engine
 from tests.factories import service_env
 
 TEMPLATE_DB = "crypto_template"

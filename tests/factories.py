@@ -7,8 +7,8 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from pipeline.models import Row, TradeEvent
-from pipeline.settings import PROJECT_ROOT
+from pipeline.core.settings import PROJECT_ROOT
+from pipeline.core.trades import Row, TradeEvent
 
 
 def make_trades(

@@ -21,7 +21,7 @@ from api.schemas import (
     TrackedSymbolOut,
 )
 from api.security import require_mutation_access
-from pipeline.exchange import ExchangeClient, ExchangeError, ExchangeUnavailable
+from pipeline.exchange.client import ExchangeClient, ExchangeError, ExchangeUnavailable
 
 logger = logging.getLogger(__name__)
 

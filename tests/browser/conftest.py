@@ -1,5 +1,5 @@
 """Fixtures of the browser tests: headless Chromium, the exchange simulator and the service as
-users run them (`python -m pipeline.simulator`, `python -m uvicorn api.main:app`), each in a
+users run them (`python -m devtools.simulator`, `python -m uvicorn api.main:app`), each in a
 child process so the blocking WebDriver calls never stall them.
 
 Chromium and chromedriver are required, not optional: without them the tests fail and say what
@@ -23,7 +23,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 
-from pipeline.stack import LocalKafka, free_port
+from devtools.stack import LocalKafka, free_port
 from tests.factories import service_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +163,7 @@ def simulator(tmp_path: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "pipeline.simulator",
+            "devtools.simulator",
             "--port",
             str(port),
             "--symbols",

@@ -18,8 +18,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from pipeline.settings import Settings
-from pipeline.stack import free_port
+from devtools.stack import free_port
+from pipeline.core.settings import Settings
 from tests.api_harness import serve
 from tests.browser.conftest import Browser, StartService
 

@@ -21,8 +21,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.kafka_start import start_within
-from pipeline.simulator import BinanceSimulator
+from devtools.simulator import BinanceSimulator
+from pipeline.kafka.client import start_within
 
 Key = tuple[str, int]
 DB_TIMEOUT_S = 5.0

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.simulator import BinanceSimulator, SimulatorConfig
-from pipeline.stack import LocalKafka, LocalPostgres
+from devtools.simulator import BinanceSimulator, SimulatorConfig
+from devtools.stack import LocalKafka, LocalPostgres
 from tests.chaos.report import Summary, report_dir
 from tests.chaos.scenario import FULL, SEED, ChaosRun
 

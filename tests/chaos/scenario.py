@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.settings import ENV_NAMES, PROJECT_ROOT
-from pipeline.simulator import BinanceSimulator
+from devtools.simulator import BinanceSimulator
+from pipeline.core.settings import ENV_NAMES, PROJECT_ROOT
 from tests.chaos.checks import Store, Tape, read_topic
 from tests.chaos.report import Figures, Summary
 from tests.chaos.service import ServiceProcess

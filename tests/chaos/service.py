@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import psutil
 
-from pipeline.settings import PROJECT_ROOT
-from pipeline.stack import free_port
+from devtools.stack import free_port
+from pipeline.core.settings import PROJECT_ROOT
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60.0

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from pipeline.stack import LocalPostgres
+from devtools.stack import LocalPostgres
 from tests.chaos.checks import committed_offsets
 from tests.chaos.conftest import StartRun
 from tests.chaos.probe import DATABASE_PATHS, ApiProber

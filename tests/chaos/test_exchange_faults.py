@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-import pipeline.simulator.server as simulator_server
-from pipeline.producer import DEAD_LETTER_MAX_BYTES
-from pipeline.simulator import BinanceSimulator
+import devtools.simulator.server as simulator_server
+from devtools.simulator import BinanceSimulator
+from pipeline.kafka.dead_letters import DEAD_LETTER_MAX_BYTES
 from tests.chaos.checks import read_topic
 from tests.chaos.conftest import StartRun
 from tests.chaos.scenario import ChaosRun, scale

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.settings import DEFAULT_SETTINGS_FILE
-from pipeline.stack import LocalKafka
+from devtools.stack import LocalKafka
+from pipeline.core.settings import DEFAULT_SETTINGS_FILE
 from tests.chaos.conftest import StartRun
 from tests.chaos.scenario import ChaosRun, scale
 from tests.chaos.service import ServiceProcess

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stack import LocalPostgres
+from devtools.stack import LocalPostgres
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Development tools, never shipped: the local stack and the exchange simulator."""

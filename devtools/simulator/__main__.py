@@ -1,0 +1,77 @@
+"""`python -m devtools.simulator`: run the exchange simulator until Ctrl+C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from devtools.simulator.config import DEFAULT_SYMBOLS, SimulatorConfig
+from devtools.simulator.server import BinanceSimulator
+
+log = logging.getLogger("devtools.simulator")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str, int]:
+    """Command line → (config, host, port); exits with a usage error on bad values."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.simulator",
+        description="Binance-compatible exchange simulator: WS streams and REST on one port.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9443)
+    parser.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma list")
+    parser.add_argument("--rate", type=float, default=10.0, help="trades/s per symbol")
+    parser.add_argument("--burst-every", type=float, metavar="SECONDS")
+    parser.add_argument("--burst-size", type=int, default=0, help="trades per symbol per burst")
+    parser.add_argument("--disconnect-every", type=float, metavar="SECONDS")
+    parser.add_argument("--malformed", type=float, default=0.0, help="ratio of bad frames")
+    parser.add_argument("--duplicates", type=float, default=0.0, help="ratio of resent frames")
+    parser.add_argument("--ping-interval", type=float, default=20.0, metavar="SECONDS")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        config = SimulatorConfig(
+            symbols=[s.strip().upper() for s in args.symbols.split(",") if s.strip()],
+            rate_per_symbol=args.rate,
+            burst_every_s=args.burst_every,
+            burst_size=args.burst_size,
+            disconnect_every_s=args.disconnect_every,
+            malformed_ratio=args.malformed,
+            duplicate_ratio=args.duplicates,
+            ping_interval_s=args.ping_interval,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, args.host, args.port
+
+
+async def _run(config: SimulatorConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with BinanceSimulator(config, host, port) as sim:
+        log.info(
+            "simulator ready BINANCE_WS_URL=%s BINANCE_REST_URL=%s symbols=%s rate=%s/s",
+            sim.ws_url,
+            sim.rest_url,
+            ",".join(config.symbols),
+            config.rate_per_symbol,
+        )
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    config, host, port = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one start-up line is enough
+    asyncio.run(_run(config, host, port))
+
+
+if __name__ == "__main__":
+    main()

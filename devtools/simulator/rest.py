@@ -1,0 +1,160 @@
+"""The REST half of the simulator: the few `/api/v3` endpoints the pipeline uses.
+
+Answers are computed from the markets and returned as (HTTP status, JSON-able body); errors
+carry Binance's `{"code": …, "msg": …}` shapes and codes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from devtools.simulator.market import SCALE, Market, Trade, fmt, to_units
+
+DEFAULT_TRADES_LIMIT = 500
+MAX_TRADES_LIMIT = 1000  # Binance silently caps larger limits to this
+_ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"]
+_STP_MODES = ["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"]
+_RATE_LIMITS = [
+    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+    {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+    {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+    {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
+]
+
+Answer = tuple[int, object]
+
+
+class _ApiError(Exception):
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.body = {"code": code, "msg": msg}
+
+
+def answer(target: str, markets: Mapping[str, Market]) -> Answer | None:
+    """Answer a GET of `target` (path and query), or None when the path is not an endpoint."""
+    url = urlsplit(target)
+    params = dict(parse_qsl(url.query, keep_blank_values=True))
+    try:
+        if url.path == "/api/v3/ping":
+            return 200, {}
+        if url.path == "/api/v3/time":
+            return 200, {"serverTime": time.time_ns() // 1_000_000}
+        if url.path == "/api/v3/exchangeInfo":
+            return 200, _exchange_info(params, markets)
+        if url.path == "/api/v3/historicalTrades":
+            return 200, _trades(params, markets, _int(params, "fromId"))
+        if url.path == "/api/v3/trades":
+            return 200, _trades(params, markets, None)
+    except _ApiError as exc:
+        return 400, exc.body
+    return None
+
+
+def _trades(
+    params: Mapping[str, str], markets: Mapping[str, Market], from_id: int | None
+) -> list[dict[str, object]]:
+    """historicalTrades (from_id given: oldest first from it) or the most recent trades."""
+    market = _market(params.get("symbol", ""), markets)
+    limit = _int(params, "limit")
+    limit = DEFAULT_TRADES_LIMIT if limit is None else max(1, min(limit, MAX_TRADES_LIMIT))
+    trades = market.recent(limit) if from_id is None else market.trades_from(from_id, limit)
+    return [_trade_json(t) for t in trades]
+
+
+def _trade_json(trade: Trade) -> dict[str, object]:
+    quote = to_units(trade.price) * to_units(trade.qty) // SCALE
+    return {
+        "id": trade.id,
+        "price": trade.price.decode(),
+        "qty": trade.qty.decode(),
+        "quoteQty": fmt(quote),
+        "time": trade.time,
+        "isBuyerMaker": trade.is_buyer_maker,
+        "isBestMatch": True,
+    }
+
+
+def _exchange_info(params: Mapping[str, str], markets: Mapping[str, Market]) -> dict[str, object]:
+    if "symbol" in params and "symbols" in params:
+        raise _ApiError(-1128, "Combination of optional parameters invalid.")
+    if "symbol" in params:
+        selected = [_market(params["symbol"], markets)]
+    elif "symbols" in params:
+        try:
+            names = orjson.loads(params["symbols"])
+        except orjson.JSONDecodeError:
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _ApiError(-1100, "Illegal characters found in parameter 'symbols'.")
+        selected = [_market(name, markets) for name in names]
+    else:
+        selected = list(markets.values())
+    return {
+        "timezone": "UTC",
+        "serverTime": time.time_ns() // 1_000_000,
+        "rateLimits": _RATE_LIMITS,
+        "exchangeFilters": [],
+        "symbols": [_symbol_info(m) for m in selected],
+    }
+
+
+def _symbol_info(market: Market) -> dict[str, object]:
+    return {
+        "symbol": market.symbol,
+        "status": "TRADING",
+        "baseAsset": market.base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": market.quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "orderTypes": _ORDER_TYPES,
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": fmt(market.tick),
+                "maxPrice": fmt(1_000_000 * SCALE),
+                "tickSize": fmt(market.tick),
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": fmt(market.lot),
+                "maxQty": fmt(9_000_000 * SCALE),
+                "stepSize": fmt(market.lot),
+            },
+        ],
+        "permissions": [],
+        "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": _STP_MODES,
+    }
+
+
+def _market(symbol: str, markets: Mapping[str, Market]) -> Market:
+    if not symbol:
+        raise _ApiError(
+            -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+        )
+    market = markets.get(symbol)  # case-sensitive, like Binance
+    if market is None:
+        raise _ApiError(-1121, "Invalid symbol.")
+    return market
+
+
+def _int(params: Mapping[str, str], name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 20:
+        raise _ApiError(
+            -1100,
+            f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
+        )
+    return int(value)

@@ -1,0 +1,1 @@
+"""Rules and shapes every layer shares; imports nothing else of ours."""

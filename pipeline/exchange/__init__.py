@@ -1,0 +1,1 @@
+"""Binance in: REST client, stream connection, source, gap backfill, pacing."""

@@ -1,0 +1,1 @@
+"""Kafka: producer, consumer, dead letters, admin, client start/stop."""

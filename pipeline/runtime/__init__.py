@@ -1,0 +1,1 @@
+"""Running the roles: pipeline wiring, worker processes, supervisor, priority, CLI."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: tables, sink, symbol registry, migrations."""

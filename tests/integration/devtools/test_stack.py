@@ -1,0 +1,272 @@
+"""The local stack, with real processes: a Kafka 4.1.1 broker from Maven jars and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from devtools.stack import (
+    DEFAULT_JARS_DIR,
+    LocalKafka,
+    LocalPostgres,
+    LocalStack,
+    StackError,
+    ensure_kafka_jars,
+    free_port,
+    wait_kafka_ready,
+)
+from devtools.stack.jars import REQUIRED_JARS, java_executable
+from pipeline.core.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+REAL_JAVA = shutil.which("java")
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(tmp_path_factory.mktemp("pg"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def uncached_java() -> Iterator[None]:
+    """The java lookup is cached per process; these tests change PATH under it."""
+    java_executable.cache_clear()
+    yield
+    java_executable.cache_clear()
+
+
+def _path_of_only(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **tools: Path) -> None:
+    """PATH becomes `bin_dir`, holding just `tools` (name -> executable)."""
+    bin_dir.mkdir()
+    for name, target in tools.items():
+        (bin_dir / name).symlink_to(target)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+async def _create_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def test_broker_on_free_ports_round_trips_a_record_with_aiokafka(kafka: LocalKafka) -> None:
+    assert kafka.is_running()
+    assert kafka.bootstrap_servers == f"127.0.0.1:{kafka.port}"
+    await _create_topic(kafka.bootstrap_servers, "roundtrip")
+    assert "roundtrip" in await wait_kafka_ready(kafka.bootstrap_servers, timeout=10)
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True)
+    await producer.start()
+    try:
+        sent = await asyncio.wait_for(
+            producer.send_and_wait("roundtrip", b'{"p":"1.5"}', key=b"BTCUSDT"), 10
+        )
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        "roundtrip",
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id="stack-test",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 20
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while not records and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            records = [record for batch in batches.values() for record in batch]
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+    assert [(r.key, r.value, r.partition, r.offset) for r in records] == [
+        (b"BTCUSDT", b'{"p":"1.5"}', sent.partition, sent.offset)
+    ]
+
+
+async def test_restarted_broker_keeps_ports_and_topics(kafka: LocalKafka) -> None:
+    await _create_topic(kafka.bootstrap_servers, "survives-restart")
+    bootstrap, first_pid = kafka.bootstrap_servers, kafka.pid
+
+    kafka.stop()
+    assert not kafka.is_running()
+    kafka.start()
+
+    assert kafka.bootstrap_servers == bootstrap
+    assert kafka.pid != first_pid
+    assert "survives-restart" in await wait_kafka_ready(bootstrap, timeout=10)
+
+
+async def test_killed_broker_restarts_with_its_data(kafka: LocalKafka) -> None:
+    await _create_topic(kafka.bootstrap_servers, "survives-kill")
+    kafka.kill()
+    assert not kafka.is_running()
+    kafka.start()
+    assert "survives-kill" in await wait_kafka_ready(kafka.bootstrap_servers, timeout=10)
+
+
+def test_taken_port_fails_fast_naming_the_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = LocalKafka(tmp_path / "kafka", port=port)
+        started = time.monotonic()
+        with pytest.raises(StackError, match=f"^port {port} is already in use$"):
+            broker.start()
+    assert time.monotonic() - started < 5
+    assert not broker.is_running()
+
+
+def test_cached_jars_are_not_fetched_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ensure_kafka_jars()  # fetches only if no broker of this run needed the jars yet
+    # With neither mvn nor java on PATH, any attempt to fetch would raise StackError.
+    _path_of_only(monkeypatch, tmp_path / "bin")
+    started = time.monotonic()
+    lib = ensure_kafka_jars(DEFAULT_JARS_DIR)
+    assert time.monotonic() - started < 1
+    assert all((lib / jar).is_file() for jar in REQUIRED_JARS)
+
+
+@pytest.mark.usefixtures("uncached_java")
+def test_missing_maven_is_one_actionable_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert REAL_JAVA is not None
+    _path_of_only(monkeypatch, tmp_path / "bin", java=Path(REAL_JAVA))
+    with pytest.raises(StackError, match=r"^`mvn` is not on PATH: install Maven") as info:
+        ensure_kafka_jars(tmp_path / "cache")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache" / "lib").exists()
+
+
+@pytest.mark.usefixtures("uncached_java")
+def test_old_java_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "java"
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
+    fake.chmod(0o755)
+    _path_of_only(monkeypatch, tmp_path / "bin", java=fake)
+    with pytest.raises(StackError, match=r"needs Java 17\+, but .* is Java 11"):
+        java_executable()
+
+
+async def test_postgres_is_durable_and_keeps_data_across_restarts(
+    postgres: LocalPostgres,
+) -> None:
+    connection = await asyncpg.connect(postgres.dsn)
+    try:
+        assert await connection.fetchval("SHOW synchronous_commit") == "on"
+        assert await connection.fetchval("SHOW fsync") == "on"
+        assert await connection.fetchval("SELECT current_database()") == "crypto"
+        await connection.execute("CREATE TABLE kept (id int PRIMARY KEY)")
+        await connection.execute("INSERT INTO kept VALUES (1)")
+    finally:
+        await connection.close()
+
+    postgres.stop()
+    assert not postgres.is_running()
+    postgres.start()
+    postgres.kill()  # a crash: committed rows must come back through WAL recovery
+    postgres.start()
+
+    connection = await asyncpg.connect(postgres.dsn)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM kept") == 1
+    finally:
+        await connection.close()
+
+
+async def test_postgres_url_works_with_sqlalchemy_asyncpg(postgres: LocalPostgres) -> None:
+    assert postgres.url.startswith("postgresql+asyncpg://postgres@/crypto?host=/")
+    engine = create_async_engine(postgres.url)
+    try:
+        async with engine.connect() as connection:
+            row = (await connection.execute(text("SELECT current_database(), 1"))).one()
+    finally:
+        await engine.dispose()
+    assert tuple(row) == ("crypto", 1)
+
+
+def test_stack_uses_external_services_instead_of_starting_them(tmp_path: Path) -> None:
+    environ = {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092", "DATABASE_URL": "postgresql://x"}
+    stack = LocalStack(tmp_path / "stack", environ=environ)
+    env = stack.up()
+    assert (env.kafka_bootstrap_servers, env.database_url) == tuple(environ.values())
+    assert not stack.kafka.workdir.exists()
+    assert not stack.postgres.workdir.exists()
+    assert stack.env_file.read_text() == (
+        "export KAFKA_BOOTSTRAP_SERVERS=kafka.example:9092\nexport DATABASE_URL=postgresql://x\n"
+    )
+
+
+def test_cli_up_leaves_services_running_and_down_stops_them(tmp_path: Path) -> None:
+    root = tmp_path / "stack"
+    kafka_port, controller_port = free_port(), free_port()
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
+    }
+    ports = ["--kafka-port", str(kafka_port), "--controller-port", str(controller_port)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "devtools.stack", "--root", str(root), *args],
+            cwd=PROJECT_ROOT,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    stack = LocalStack(root, kafka_port=kafka_port, controller_port=controller_port, environ={})
+    try:
+        up = cli("up", *ports)
+        assert up.returncode == 0, up.stderr
+        assert up.stdout == stack.env_file.read_text() == stack.env().as_shell()
+        # The CLI has exited; both servers must still run.
+        assert [s.state for s in stack.status()] == ["running", "running"]
+        assert cli("status").returncode == 0
+
+        again = cli("up", *ports)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout == up.stdout
+        assert "already runs" in again.stderr
+
+        assert cli("down").returncode == 0
+        assert [s.state for s in stack.status()] == ["stopped", "stopped"]
+        assert not stack.env_file.exists()
+        assert cli("status").returncode == 1
+    finally:
+        stack.down()

@@ -1,0 +1,111 @@
+"""Settings: YAML defaults, environment overrides, and one clear line for anything invalid."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import load_settings
+
+
+def test_defaults_come_from_settings_yaml() -> None:
+    settings = load_settings({})
+    assert settings.symbols == ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    assert settings.kafka.topic == "crypto_prices"
+    assert settings.kafka.dlq_topic == "crypto_prices.dlq"
+    assert settings.roles == {"producer", "consumer"}
+
+
+def test_contract_environment_variables_override_yaml() -> None:
+    settings = load_settings(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "10.0.0.1:9092,10.0.0.2:9092",
+            "KAFKA_TOPIC": "trades",
+            "DATABASE_URL": "postgresql+asyncpg://u:p@db:5432/x",
+            "SYMBOLS": "adausdt, btcusdt,ADAUSDT",
+            "BINANCE_WS_URL": "wss://data-stream.binance.vision/",
+            "BINANCE_REST_URL": "https://api.binance.us",
+            "PIPELINE_ROLES": "consumer",
+            "API_KEY": "s3cret",
+            "HOST": "0.0.0.0",
+            "PORT": "9000",
+        }
+    )
+    assert settings.kafka.bootstrap_servers == "10.0.0.1:9092,10.0.0.2:9092"
+    assert settings.kafka.dlq_topic == "trades.dlq"
+    assert settings.database.asyncpg_dsn == "postgresql://u:p@db:5432/x"
+    assert settings.symbols == ("ADAUSDT", "BTCUSDT")
+    assert settings.binance.ws_url == "wss://data-stream.binance.vision"
+    assert settings.roles == {"consumer"}
+    assert settings.api.api_key is not None and settings.api.api_key.get_secret_value() == "s3cret"
+    assert (settings.api.host, settings.api.port) == ("0.0.0.0", 9000)
+
+
+def test_any_setting_can_be_overridden_as_section_double_underscore_key() -> None:
+    settings = load_settings({"KAFKA__LINGER_MS": "5", "BINANCE__BACKFILL_MAX_TRADES": "10"})
+    assert settings.kafka.linger_ms == 5
+    assert settings.binance.backfill_max_trades == 10
+
+
+def test_roles_none_means_api_only_and_symbols_all_means_whole_market() -> None:
+    settings = load_settings({"PIPELINE_ROLES": "none", "SYMBOLS": "all"})
+    assert settings.roles == frozenset()
+    assert settings.symbols == "ALL"
+
+
+def test_empty_api_key_means_no_key() -> None:
+    assert load_settings({"API_KEY": ""}).api.api_key is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"KAFKA__PARTITIONS": "0"}, "invalid setting KAFKA__PARTITIONS (kafka.partitions)"),
+        ({"SYMBOLS": "btc-usdt"}, "invalid setting SYMBOLS (symbols): symbol 'btc-usdt'"),
+        ({"DATABASE_URL": "mysql://x"}, "invalid setting DATABASE_URL (database.url)"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "kafka"}, "invalid setting KAFKA_BOOTSTRAP_SERVERS"),
+        ({"PORT": "http"}, "invalid setting PORT (api.port)"),
+        ({"PIPELINE_ROLES": "producer,sink"}, "invalid setting PIPELINE_ROLES (roles"),
+        ({"BINANCE_WS_URL": "http://x"}, "invalid setting BINANCE_WS_URL (binance.ws_url)"),
+        ({"LOG_FORMAT": "xml"}, "invalid setting LOG_FORMAT (log_format)"),
+        ({"PIPELINE_ISOLATION": "thread"}, "invalid setting PIPELINE_ISOLATION (isolation)"),
+        (
+            {"PIPELINE_WORKER_PRIORITY": "high"},
+            "invalid setting PIPELINE_WORKER_PRIORITY (worker_priority)",
+        ),
+        (
+            {"PIPELINE_API_PRIORITY": "high"},
+            "invalid setting PIPELINE_API_PRIORITY (api_priority)",
+        ),
+        (
+            {"API__LATEST_CACHE_MS": "-1"},
+            "invalid setting API__LATEST_CACHE_MS (api.latest_cache_ms)",
+        ),
+    ],
+)
+def test_invalid_environment_fails_with_one_line_naming_the_variable(
+    environ: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ)
+    message = str(raised.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_unknown_yaml_key_is_named_with_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text("kafka:\n  linger: 5\n")
+    with pytest.raises(
+        ConfigError, match=r"^invalid setting kafka\.linger in .*settings\.yaml: unknown setting$"
+    ):
+        load_settings({"SETTINGS_FILE": str(path)})
+
+
+def test_missing_or_broken_settings_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^SETTINGS_FILE: .* does not exist$"):
+        load_settings({"SETTINGS_FILE": str(tmp_path / "nope.yaml")})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"^SETTINGS_FILE: cannot read"):
+        load_settings({"SETTINGS_FILE": str(broken)})

@@ -1,0 +1,531 @@
+"""The exchange simulator behaves like Binance spot, field for field, and its knobs do what they say.
+
+Every test drives real websockets/httpx clients against a simulator on 127.0.0.1:0. The clock
+runs at rate 0 unless a test says otherwise; trades are made to happen with `emit()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets import ConnectionClosed
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Close
+
+from devtools.simulator import MAX_MESSAGES_PER_SECOND, BinanceSimulator, SimulatorConfig
+from devtools.simulator.__main__ import parse_args
+
+START = 1_000_000  # SimulatorConfig.start_trade_id
+TRADE_TYPES = {
+    "e": str,
+    "E": int,
+    "s": str,
+    "t": int,
+    "p": str,
+    "q": str,
+    "T": int,
+    "m": bool,
+    "M": bool,
+}
+EIGHT_DECIMALS = re.compile(r"^[0-9]+\.[0-9]{8}$")
+
+StartExchange = Callable[..., Awaitable[BinanceSimulator]]
+
+
+@pytest.fixture
+async def exchange() -> AsyncIterator[StartExchange]:
+    """Start simulators (rate 0 unless overridden); all are stopped after the test."""
+    started: list[BinanceSimulator] = []
+
+    async def start(**overrides: Any) -> BinanceSimulator:
+        sim = BinanceSimulator(SimulatorConfig(**{"rate_per_symbol": 0.0, **overrides}))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.stop()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait until the server side caught up (e.g. registered a connection)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def subscribe(sim: BinanceSimulator, target: str) -> ClientConnection:
+    """Open a WS connection and wait until the simulator routes trades to it."""
+    ws = await connect(sim.ws_url + target)
+    await eventually(lambda: sim.connections >= 1)
+    return ws
+
+
+async def recv(ws: Connection) -> str:
+    frame = await asyncio.wait_for(ws.recv(), 2.0)
+    assert isinstance(frame, str), "Binance sends text frames"
+    return frame
+
+
+async def recv_json(ws: Connection) -> Any:
+    return orjson.loads(await recv(ws))
+
+
+async def request(ws: Connection, payload: object) -> Any:
+    await ws.send(orjson.dumps(payload).decode())
+    return await recv_json(ws)
+
+
+async def nothing_arrives(ws: Connection, within: float = 0.1) -> bool:
+    return not await frames_until_quiet(ws, within)
+
+
+async def frames_until_quiet(ws: Connection, quiet: float = 0.1) -> list[str]:
+    """Every frame that arrives until none has for `quiet` seconds."""
+    frames: list[str] = []
+    while True:
+        try:
+            frames.append(await asyncio.wait_for(recv(ws), quiet))
+        except TimeoutError:
+            return frames
+
+
+async def close_frame_received(ws: Connection) -> Close | None:
+    """Read until the server closes; its close frame (None if the TCP connection just died)."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 2.0)
+    except ConnectionClosed as exc:
+        return exc.rcvd
+
+
+def rejection(frame: str) -> str | None:
+    """A strict consumer's verdict on a stream frame: None if valid, else why it is rejected."""
+    if len(frame) > 4096:
+        return "oversized"
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return "invalid json"
+    data = message.get("data", message)
+    if set(data) != set(TRADE_TYPES):
+        return "fields"
+    if any(type(data[key]) is not kind for key, kind in TRADE_TYPES.items()):
+        return "types"
+    if data["e"] != "trade":
+        return "event"
+    if not (EIGHT_DECIMALS.match(data["p"]) and EIGHT_DECIMALS.match(data["q"])):
+        return "decimal"
+    return None
+
+
+# -- stream frames ------------------------------------------------------------------------
+
+
+async def test_combined_stream_frames_carry_exactly_binance_trade_fields(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange()
+    before_ms = time.time_ns() // 1_000_000
+    async with await subscribe(sim, "/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
+        sim.emit(3, ["BTCUSDT", "ETHUSDT"])
+        frames = [await recv(ws) for _ in range(6)]
+
+    for frame in frames:
+        assert rejection(frame) is None
+        message = orjson.loads(frame)
+        assert list(message) == ["stream", "data"]
+        data = message["data"]
+        assert list(data) == list(TRADE_TYPES)  # Binance's key order too
+        assert message["stream"] == data["s"].lower() + "@trade"
+        assert data["e"] == "trade" and data["M"] is True
+        assert data["E"] >= data["T"] >= before_ms
+        assert Decimal(data["p"]) > 0 and Decimal(data["q"]) > 0
+    assert {orjson.loads(f)["data"]["s"] for f in frames} == {"BTCUSDT", "ETHUSDT"}
+
+
+async def test_raw_stream_sends_the_bare_trade_payload(exchange: StartExchange) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws/solusdt@trade") as ws:
+        sim.emit(1, ["SOLUSDT"])
+        data = await recv_json(ws)
+
+    assert set(data) == set(TRADE_TYPES)
+    assert data["s"] == "SOLUSDT"
+
+
+async def test_trade_ids_are_contiguous_per_symbol_with_independent_counters(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange()
+    target = "/stream?streams=btcusdt@trade/ethusdt@trade/solusdt@trade"
+    async with await subscribe(sim, target) as ws:
+        sim.emit(40, ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+        frames = [(await recv_json(ws))["data"] for _ in range(120)]
+
+    ids: dict[str, list[int]] = defaultdict(list)
+    for data in frames:
+        ids[data["s"]].append(data["t"])
+    assert ids == {s: list(range(START, START + 40)) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")}
+
+
+async def test_prices_follow_a_random_walk_on_the_symbol_tick(exchange: StartExchange) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws/btcusdt@trade") as ws:
+        sim.emit(200, ["BTCUSDT"])
+        prices = [Decimal((await recv_json(ws))["p"]) for _ in range(200)]
+
+    assert len(set(prices)) > 50, "the price moves"
+    assert all(p % Decimal("0.01") == 0 for p in prices), "BTCUSDT's tick is 0.01"
+    assert max(prices) / min(prices) < Decimal("1.01"), "small steps, no jumps"
+
+
+# -- live requests ------------------------------------------------------------------------
+
+
+async def test_live_subscribe_unsubscribe_and_list_subscriptions(exchange: StartExchange) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws") as ws:
+        subscribe_both = {"method": "SUBSCRIBE", "params": ["btcusdt@trade", "ethusdt@trade"]}
+        assert await request(ws, {**subscribe_both, "id": 1}) == {"result": None, "id": 1}
+        sim.emit(1, ["BTCUSDT", "ETHUSDT"])
+        assert {(await recv_json(ws))["s"] for _ in range(2)} == {"BTCUSDT", "ETHUSDT"}
+
+        unsubscribe_eth = {"method": "UNSUBSCRIBE", "params": ["ethusdt@trade"], "id": 2}
+        assert await request(ws, unsubscribe_eth) == {"result": None, "id": 2}
+        listing = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 3})
+        assert listing == {"result": ["btcusdt@trade"], "id": 3}
+
+        sim.emit(1, ["ETHUSDT", "BTCUSDT"])  # ETH first: it would arrive first if still routed
+        assert (await recv_json(ws))["s"] == "BTCUSDT"
+        assert await nothing_arrives(ws)
+
+
+async def test_bad_requests_get_binance_error_replies(exchange: StartExchange) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws") as ws:
+        await ws.send("not json")
+        assert (await recv_json(ws))["error"]["code"] == 3
+
+        upper_case = {"method": "SUBSCRIBE", "params": ["BTCUSDT@trade"], "id": 4}
+        reply = await request(ws, upper_case)
+        assert reply == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 4}
+
+        reply = await request(ws, {"method": "SUBSCRIBED", "id": 5})
+        assert reply["id"] == 5 and reply["error"]["code"] == 2
+        assert reply["error"]["msg"].startswith("Invalid request: unknown variant `SUBSCRIBED`")
+
+        reply = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": [1]})
+        assert reply["error"]["code"] == 2 and reply["id"] is None
+        assert sim.subscriptions() == [[]]
+
+
+async def test_set_property_combined_switches_to_the_wrapped_format(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws/btcusdt@trade") as ws:
+        get_combined = {"method": "GET_PROPERTY", "params": ["combined"], "id": 1}
+        assert await request(ws, get_combined) == {"result": False, "id": 1}
+        set_combined = {"method": "SET_PROPERTY", "params": ["combined", True], "id": 2}
+        assert await request(ws, set_combined) == {"result": None, "id": 2}
+        sim.emit(1, ["BTCUSDT"])
+        assert (await recv_json(ws))["stream"] == "btcusdt@trade"
+
+
+async def test_invalid_stream_in_the_url_is_refused_at_handshake(exchange: StartExchange) -> None:
+    sim = await exchange()
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(sim.ws_url + "/ws/BTCUSDT@trade")
+    assert refused.value.response.status_code == 400
+
+
+async def test_server_sends_ping_frames(exchange: StartExchange) -> None:
+    sim = await exchange(ping_interval_s=0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+        first_byte = await asyncio.wait_for(reader.readexactly(1), 2.0)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 101")
+    assert first_byte == b"\x89", "FIN + ping opcode"
+
+
+# -- REST ---------------------------------------------------------------------------------
+
+
+async def test_historical_trades_from_id_returns_the_tape_contiguously(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws/btcusdt@trade") as ws:
+        sim.emit(1200, ["BTCUSDT"])
+        streamed = {d["t"]: d for d in [await recv_json(ws) for _ in range(1200)]}
+
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+
+        async def trades(**params: str | int) -> list[dict[str, Any]]:
+            response = await http.get("/api/v3/historicalTrades", params=params)
+            assert response.status_code == 200
+            body: list[dict[str, Any]] = response.json()
+            return body
+
+        page = await trades(symbol="BTCUSDT", fromId=START + 100, limit=5)
+        capped = await trades(symbol="BTCUSDT", fromId=START, limit=5000)
+        default = await trades(symbol="BTCUSDT", fromId=START)
+        latest = await trades(symbol="BTCUSDT")
+
+    assert [t["id"] for t in page] == list(range(START + 100, START + 105))
+    for trade in page:
+        frame = streamed[trade["id"]]
+        price, qty = Decimal(trade["price"]), Decimal(trade["qty"])
+        assert (trade["price"], trade["qty"]) == (frame["p"], frame["q"])
+        assert (trade["time"], trade["isBuyerMaker"]) == (frame["T"], frame["m"])
+        assert trade["isBestMatch"] is True
+        assert Decimal(trade["quoteQty"]) == (price * qty).quantize(Decimal("1e-8"), ROUND_DOWN)
+    assert [t["id"] for t in capped] == list(range(START, START + 1000)), "limit caps at 1000"
+    assert len(default) == 500, "limit defaults to 500"
+    assert [t["id"] for t in latest] == list(range(START + 700, START + 1200)), "newest 500"
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"symbol": "NOPEUSDT"}, -1121),
+        ({"symbol": "btcusdt"}, -1121),
+        ({}, -1102),
+        ({"symbol": "BTCUSDT", "limit": "ten"}, -1100),
+        ({"symbol": "BTCUSDT", "fromId": "-1"}, -1100),
+    ],
+)
+async def test_historical_trades_rejects_bad_parameters(
+    exchange: StartExchange, params: dict[str, str], code: int
+) -> None:
+    sim = await exchange()
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+        response = await http.get("/api/v3/historicalTrades", params=params)
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+
+
+async def test_exchange_info_lists_tradable_symbols_and_rejects_unknown(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+
+        async def info(**params: str) -> httpx.Response:
+            return await http.get("/api/v3/exchangeInfo", params=params)
+
+        everything = (await info()).json()
+        one = (await info(symbol="ETHUSDT")).json()
+        two = (await info(symbols='["BTCUSDT","SOLUSDT"]')).json()
+        unknown = await info(symbol="NOPEUSDT")
+        one_unknown = await info(symbols='["BTCUSDT","NOPEUSDT"]')
+        sim.add_listing("PEPEUSDT")
+        after_listing = (await info(symbol="PEPEUSDT")).json()
+        ping = await http.get("/api/v3/ping")
+
+    btc = everything["symbols"][0]
+    assert [s["symbol"] for s in everything["symbols"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    assert (btc["status"], btc["baseAsset"], btc["quoteAsset"]) == ("TRADING", "BTC", "USDT")
+    assert [s["symbol"] for s in one["symbols"]] == ["ETHUSDT"]
+    assert [s["symbol"] for s in two["symbols"]] == ["BTCUSDT", "SOLUSDT"]
+    for refused in (unknown, one_unknown):
+        assert refused.status_code == 400
+        assert refused.json() == {"code": -1121, "msg": "Invalid symbol."}
+    assert after_listing["symbols"][0]["status"] == "TRADING"
+    assert (ping.status_code, ping.json()) == (200, {})
+
+
+# -- failure knobs ------------------------------------------------------------------------
+
+
+async def test_malformed_frames_are_rejected_by_a_strict_parser(exchange: StartExchange) -> None:
+    sim = await exchange(malformed_ratio=1.0)
+    async with await subscribe(sim, "/stream?streams=btcusdt@trade") as ws:
+        sim.emit(100, ["BTCUSDT"])
+        frames = [await recv(ws) for _ in range(100)]
+
+    reasons = {rejection(frame) for frame in frames}
+    assert None not in reasons
+    # Every kind in MALFORMED_KINDS shows up; truncated and bad_json both read as invalid json.
+    assert reasons == {"oversized", "invalid json", "fields", "types", "event", "decimal"}
+    assert len(sim.trades_emitted()["BTCUSDT"]) == 100, "the trades still happened"
+
+
+async def test_malformed_ratio_corrupts_about_that_share(exchange: StartExchange) -> None:
+    sim = await exchange(malformed_ratio=0.25)
+    async with await subscribe(sim, "/ws/btcusdt@trade") as ws:
+        sim.emit(400, ["BTCUSDT"])
+        frames = [await recv(ws) for _ in range(400)]
+
+    rejected = sum(rejection(frame) is not None for frame in frames)
+    assert 60 <= rejected <= 140
+
+
+async def test_duplicates_are_byte_identical_resends(exchange: StartExchange) -> None:
+    sim = await exchange(duplicate_ratio=0.5)
+    async with await subscribe(sim, "/ws/ethusdt@trade") as ws:
+        sim.emit(200, ["ETHUSDT"])
+        frames = await frames_until_quiet(ws)
+
+    ids = [orjson.loads(f)["t"] for f in frames]
+    assert sorted(set(ids)) == list(range(START, START + 200))
+    assert 60 <= len(frames) - 200 <= 140
+    repeated = [i for i in range(1, len(frames)) if ids[i] == ids[i - 1]]
+    assert all(frames[i] == frames[i - 1] for i in repeated)
+    assert len(repeated) == len(frames) - 200, "a resend follows its original"
+
+
+@pytest.mark.parametrize("abrupt", [False, True], ids=["close-frame", "tcp-reset"])
+async def test_disconnect_all_closes_every_connection(
+    exchange: StartExchange, abrupt: bool
+) -> None:
+    sim = await exchange()
+    async with (
+        await connect(sim.ws_url + "/ws/btcusdt@trade") as first,
+        await connect(sim.ws_url + "/stream?streams=ethusdt@trade") as second,
+    ):
+        await eventually(lambda: sim.connections == 2)
+        await sim.disconnect_all(abrupt=abrupt)
+        received = [await close_frame_received(ws) for ws in (first, second)]
+    sim.emit(5, ["BTCUSDT"])  # the exchange keeps trading: the clients now have a gap
+
+    if abrupt:
+        assert received == [None, None]
+    else:
+        assert [close.code for close in received if close] == [1001, 1001]
+    await eventually(lambda: sim.connections == 0)
+    assert len(sim.trades_emitted()["BTCUSDT"]) == 5
+
+
+async def test_disconnect_every_drops_connections_periodically(exchange: StartExchange) -> None:
+    sim = await exchange(disconnect_every_s=0.1)
+    async with await subscribe(sim, "/ws/btcusdt@trade") as ws:
+        close = await close_frame_received(ws)
+    assert close is not None and close.code == 1001
+
+
+async def test_spamming_client_is_closed_with_policy_violation(exchange: StartExchange) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws") as ws:
+        for request_id in range(MAX_MESSAGES_PER_SECOND + 1):
+            await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id}).decode())
+        close = await close_frame_received(ws)
+    assert close is not None and close.code == 1008
+
+
+async def test_polite_client_within_binance_limit_stays_connected(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange()
+    async with await subscribe(sim, "/ws") as ws:
+        for request_id in range(5):  # Binance's documented 5 messages per second
+            reply = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": request_id})
+            assert reply == {"result": [], "id": request_id}
+        assert await nothing_arrives(ws)
+        assert sim.connections == 1
+
+
+async def test_slow_subscriber_is_cut_off_when_its_outbox_overflows(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(max_pending_frames=50)
+    async with await subscribe(sim, "/ws/btcusdt@trade") as ws:
+        sim.emit(100, ["BTCUSDT"])  # all at once: more than the subscriber may have pending
+        close = await close_frame_received(ws)
+    assert close is not None and close.code == 1013
+
+
+# -- ground truth and load ----------------------------------------------------------------
+
+
+async def test_trades_happen_at_the_configured_rate_without_subscribers(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(symbols=["BTCUSDT", "ETHUSDT"], rate_per_symbol=100.0)
+    await asyncio.sleep(0.5)
+    sim.pause()
+    counts = {symbol: len(ids) for symbol, ids in sim.trades_emitted().items()}
+    await asyncio.sleep(0.1)
+
+    assert all(25 <= n <= 75 for n in counts.values()), counts
+    assert {s: len(ids) for s, ids in sim.trades_emitted().items()} == counts, "paused"
+
+
+async def test_ground_truth_matches_what_a_subscriber_received(exchange: StartExchange) -> None:
+    sim = await exchange(symbols=["BTCUSDT", "ETHUSDT"], rate_per_symbol=200.0, burst_every_s=0.1)
+    sim.config.burst_size = 10
+    sim.pause()
+    before = sim.trades_emitted()
+    async with await subscribe(sim, "/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
+        sim.resume()
+        await asyncio.sleep(0.3)
+        sim.pause()
+        happened = {s: ids - before[s] for s, ids in sim.trades_emitted().items()}
+        total = sum(len(ids) for ids in happened.values())
+        frames = [(await recv_json(ws))["data"] for _ in range(total)]
+        assert await nothing_arrives(ws)
+
+    received: dict[str, set[int]] = defaultdict(set)
+    for data in frames:
+        received[data["s"]].add(data["t"])
+    assert total > 100
+    assert received == happened
+
+
+async def test_flood_delivers_prepared_trades_at_the_readers_pace(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(
+        symbols=["BTCUSDT", "ETHUSDT"], duplicate_ratio=0.05, max_pending_frames=400
+    )
+    assert sim.prepare(2000) == 4000
+    async with await subscribe(sim, "/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
+        flood = asyncio.create_task(sim.flood())
+        received: dict[str, set[int]] = defaultdict(set)
+        frames = 0
+        while sum(len(ids) for ids in received.values()) < 4000:
+            data = (await recv_json(ws))["data"]
+            received[data["s"]].add(data["t"])
+            frames += 1
+        assert await flood == 4000
+        assert sim.connections == 1, "flood() never trips the slow-consumer cut-off"
+
+    assert received == sim.trades_emitted()
+    assert frames > 4000, "duplicates were sent"
+
+
+def test_cli_flags_become_the_simulator_config() -> None:
+    flags = ["--port", "9443", "--rate", "20", "--symbols", "btcusdt,ETHUSDT"]
+    flags += ["--malformed", "0.01", "--duplicates", "0.05", "--disconnect-every", "30"]
+    config, host, port = parse_args(flags)
+    assert (host, port) == ("127.0.0.1", 9443)
+    assert config.symbols == ["BTCUSDT", "ETHUSDT"]
+    assert (config.rate_per_symbol, config.malformed_ratio) == (20.0, 0.01)
+    assert (config.duplicate_ratio, config.disconnect_every_s) == (0.05, 30.0)
+    with pytest.raises(SystemExit):
+        parse_args(["--duplicates", "1.5"])
