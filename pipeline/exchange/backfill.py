@@ -26,6 +26,7 @@ import orjson
 from pipeline.core import metrics
 from pipeline.core.errors import InvalidTrade
 from pipeline.core.ports import TradePublisher
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
 from pipeline.core.trades import TradeEvent, trade_from_rest
 from pipeline.exchange.client import (
@@ -34,7 +35,6 @@ from pipeline.exchange.client import (
     ExchangeError,
     ExchangeUnavailable,
 )
-from pipeline.exchange.pacing import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -8,21 +8,16 @@ caller (the budget pauses), and a used-weight header at our limit pauses until t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import httpx
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
 from pipeline.exchange.pacing import WeightBudget
 
@@ -81,10 +76,7 @@ class ExchangeClient:
         self._budget = WeightBudget(settings.rest_weight_per_minute)
         self._weight_limit = settings.rest_weight_per_minute
         self._max_attempts = settings.rest_max_attempts
-        # Full jitter: uniform(0, min(max, first·2ⁿ)).
-        self._backoff = wait_random_exponential(
-            multiplier=retry_backoff_s[0], max=retry_backoff_s[1]
-        )
+        self._retry_backoff_s = retry_backoff_s
 
     async def __aenter__(self) -> ExchangeClient:
         return self
@@ -133,22 +125,25 @@ class ExchangeClient:
         return any(item.get("symbol") == symbol for item in _symbols_of(data))
 
     async def _get(self, path: str, params: dict[str, Any], weight: int) -> Any:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Retryable),
-            wait=self._wait,
-            stop=stop_after_attempt(self._max_attempts),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._request(path, params, weight)
-        except _Retryable as exc:
-            raise ExchangeUnavailable(
-                f"GET {path} failed after {self._max_attempts} attempts: {exc}", exc.retry_after
-            ) from None
-        raise AssertionError("unreachable: tenacity either returns or raises")
+        backoff = Backoff(*self._retry_backoff_s)
+        attempt = 1
+        while True:
+            try:
+                return await self._request(path, params, weight)
+            except _Retryable as exc:
+                if attempt >= self._max_attempts:
+                    raise ExchangeUnavailable(
+                        f"GET {path} failed after {attempt} attempts: {exc}", exc.retry_after
+                    ) from None
+                delay = max(exc.retry_after or 0.0, backoff.next_delay())
+                logger.warning(
+                    "exchange request failed, retrying attempt=%d in_s=%.2f error=%s",
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
 
     async def _request(self, path: str, params: dict[str, Any], weight: int) -> Any:
         await self._budget.spend(weight)
@@ -186,12 +181,6 @@ class ExchangeClient:
             # Binance counts weight per clock minute; wait for the next one.
             self._budget.pause_until(time.monotonic() + 60.0 - time.time() % 60.0)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return exc.retry_after
-        return float(self._backoff(state))
-
 
 def _symbols_of(data: Any) -> list[dict[str, Any]]:
     symbols = data.get("symbols") if isinstance(data, dict) else None
@@ -216,14 +205,3 @@ def _error_of(response: httpx.Response) -> tuple[int | None, str]:
         return None, str(body)[:200]
     code = body.get("code")
     return (code if isinstance(code, int) else None), str(body.get("msg", ""))[:200]
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    delay = state.next_action.sleep if state.next_action else 0.0
-    logger.warning(
-        "exchange request failed, retrying attempt=%d in_s=%.2f error=%s",
-        state.attempt_number,
-        delay,
-        exc,
-    )

@@ -25,8 +25,9 @@ import orjson
 from aiohttp.http_websocket import WSMessageTextBytes
 
 from pipeline.core import metrics
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
-from pipeline.exchange.pacing import AttemptWindow, Backoff, Pacer
+from pipeline.exchange.pacing import AttemptWindow, Pacer
 
 logger = logging.getLogger(__name__)
 

@@ -1,42 +1,21 @@
 """Pacing primitives for talking to the exchange without tripping its limits.
 
-- `Backoff`: exponential reconnect delays with jitter, so many clients do not reconnect in step.
 - `Pacer`: evenly spaced outgoing messages (Binance closes a connection sending > 5 messages/s).
 - `AttemptWindow`: at most N connection attempts per sliding window (Binance: 300 per 5 min).
 - `WeightBudget`: REST request weight per minute, a token bucket that callers reserve from.
 
-All take a clock so their arithmetic can be tested without sleeping.
+All take a clock so their arithmetic can be tested without sleeping. Reconnect delays are not
+exchange-specific: they follow the common retry policy, `pipeline.core.retry.Backoff`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import Callable
 
 Clock = Callable[[], float]
-
-
-class Backoff:
-    """Delays min_s, then up to min_s·2ⁿ (capped at max_s), each drawn uniformly at random."""
-
-    def __init__(
-        self, min_s: float, max_s: float, rng: Callable[[], float] = random.random
-    ) -> None:
-        self._min = min_s
-        self._max = max(min_s, max_s)
-        self._rng = rng
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        cap = min(self._max, self._min * 2.0 ** min(self.attempt, 62))
-        self.attempt += 1
-        return self._min + self._rng() * (cap - self._min)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Pacer:

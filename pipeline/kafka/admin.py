@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -15,14 +16,16 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.kafka.client import start_within
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 10.0
+# Between asks for a group's offsets while its coordinator is not ready.
+COORDINATOR_RETRY_S = (0.1, 1.0)
 _COORDINATOR_NOT_READY = (
     CoordinatorNotAvailableError,
     CoordinatorLoadInProgressError,
@@ -110,17 +113,19 @@ async def consumer_lag(settings: KafkaSettings) -> ConsumerLag:
         finally:
             await reader.stop()
         # The group coordinator is briefly unknown for a new group or while the broker starts.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_COORDINATOR_NOT_READY),
-            stop=stop_after_delay(ADMIN_TIMEOUT_S),
-            wait=wait_exponential(multiplier=0.1, max=1),
-            reraise=True,
-        ):
-            with attempt:
+        backoff = Backoff(*COORDINATOR_RETRY_S)
+        give_up_at = time.monotonic() + ADMIN_TIMEOUT_S
+        while True:
+            try:
                 committed = await asyncio.wait_for(
                     admin.list_consumer_group_offsets(settings.group_id, partitions=tps),
                     ADMIN_TIMEOUT_S,
                 )
+                break
+            except _COORDINATOR_NOT_READY:
+                if time.monotonic() >= give_up_at:
+                    raise
+                await backoff.pause()
     finally:
         await admin.close()
     rows = []

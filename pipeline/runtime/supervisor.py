@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.core import metrics
+from pipeline.core.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class SupervisedTask:
         self._since = time.time()
 
     async def _supervise(self) -> None:
-        delay = RESTART_BACKOFF_S[0]
+        backoff = Backoff(*RESTART_BACKOFF_S)
         while True:
             self._set_state("running")
             started = time.monotonic()
@@ -70,11 +71,11 @@ class SupervisedTask:
                 self._restarts += 1
                 metrics.TASK_RESTARTS.labels(self.name).inc()
                 if time.monotonic() - started > HEALTHY_RUN_S:
-                    delay = RESTART_BACKOFF_S[0]
+                    backoff.reset()
+                delay = backoff.next_delay()
                 logger.exception("%s crashed; restarting in %.1f s", self.name, delay)
                 self._set_state("restarting")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_BACKOFF_S[1])
 
     async def stop(self, timeout: float) -> None:
         """Cancel and wait at most `timeout` seconds for the work to unwind."""

@@ -1,10 +1,12 @@
-"""Pacing of what the source sends to the exchange: reconnect delays, messages, attempts, weight."""
+"""Pacing of what the source sends to the exchange: messages, attempts, weight.
+
+Reconnect delays follow the common retry policy (tests/unit/core/test_retry.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.exchange.pacing import AttemptWindow, Backoff, Pacer, WeightBudget
+from pipeline.exchange.pacing import AttemptWindow, Pacer, WeightBudget
 
 
 class FakeClock:
@@ -13,30 +15,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def test_backoff_starts_at_min_and_doubles_up_to_max() -> None:
-    backoff = Backoff(0.5, 4.0, rng=lambda: 1.0)  # always the top of the jitter range
-    assert [backoff.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-
-
-def test_backoff_jitter_stays_between_min_and_cap() -> None:
-    backoff = Backoff(0.5, 60.0, rng=lambda: 0.0)
-    assert [backoff.next_delay() for _ in range(5)] == [0.5] * 5
-
-
-def test_backoff_reset_after_a_healthy_period_starts_over() -> None:
-    backoff = Backoff(1.0, 60.0, rng=lambda: 1.0)
-    for _ in range(5):
-        backoff.next_delay()
-    backoff.reset()
-    assert backoff.next_delay() == 1.0
-
-
-def test_backoff_survives_many_attempts_without_overflow() -> None:
-    backoff = Backoff(0.5, 60.0, rng=lambda: 1.0)
-    backoff.attempt = 10_000
-    assert backoff.next_delay() == 60.0
 
 
 def test_pacer_spaces_messages_by_one_over_rate() -> None:
