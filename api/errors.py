@@ -12,43 +12,16 @@ import logging
 import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.routing import Match
+
+from pipeline.storage.outage import is_outage
 
 logger = logging.getLogger(__name__)
 
-# SQLSTATE classes of an unusable server: 08 connection exception, 53 insufficient resources
-# (too many connections), 57 operator intervention (shutdown, starting up).
-OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57")
-
-
-def _sqlstates(exc: BaseException) -> list[str]:
-    found = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        state = getattr(current, "sqlstate", None)
-        if isinstance(state, str):
-            found.append(state)
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return found
-
-
-def is_database_outage(exc: BaseException) -> bool:
-    """Whether `exc` means PostgreSQL is unreachable, rather than a query being wrong."""
-    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    # asyncpg's own errors reach us unwrapped when a new connection is refused (e.g. 57P03 "the
-    # database system is starting up"): the SQLSTATE tells an outage either way.
-    return any(state[:2] in OUTAGE_SQLSTATE_CLASSES for state in _sqlstates(exc))
-
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    if not is_database_outage(exc):
+    if not is_outage(exc):
         return await _unexpected(request, exc)
     logger.warning("%s %s: PostgreSQL unavailable: %s", request.method, request.url.path, exc)
     return JSONResponse(
@@ -82,6 +55,14 @@ async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED, _method_not_allowed)
-    for outage in (DBAPIError, asyncpg.PostgresError, OSError, TimeoutError):
+    # The types a PostgreSQL outage arrives as (asyncpg's own errors come unwrapped when a new
+    # connection is refused); `_database_error` answers 500 for those that are not an outage.
+    for outage in (
+        DBAPIError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        OSError,
+        TimeoutError,
+    ):
         app.add_exception_handler(outage, _database_error)
     app.add_exception_handler(Exception, _unexpected)

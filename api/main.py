@@ -27,19 +27,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import AppState
-from api.errors import install_error_handlers, is_database_outage
+from api.errors import install_error_handlers
 from api.probes import LagProbe, ReadinessProbe
 from api.reads import PriceReads
 from api.routes import api_router
 from api.shortcut import answer_from_kept
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import ApiPriority, ApiSettings, Settings, load_settings
 from pipeline.exchange.client import ExchangeClient
 from pipeline.runtime.pipeline import Pipeline, PipelineControl
 from pipeline.runtime.priority import raise_priority
 from pipeline.runtime.processes import ProcessPipeline
 from pipeline.storage import migrate
+from pipeline.storage.outage import is_outage
 from pipeline.storage.tables import create_engine
 
 logger = logging.getLogger("api")
@@ -88,6 +90,8 @@ def _safe_url(url: str) -> str:
 async def _migrate(engine: AsyncEngine, url: str, wait_s: float) -> None:
     """Upgrade to head, retrying while PostgreSQL is unreachable, for at most `wait_s`."""
     deadline = time.monotonic() + wait_s
+    # A steady pace: the whole wait is bounded by `wait_s` anyway.
+    backoff = Backoff(DATABASE_RETRY_S, DATABASE_RETRY_S)
     warned = False
     while True:
         remaining = deadline - time.monotonic()
@@ -96,7 +100,7 @@ async def _migrate(engine: AsyncEngine, url: str, wait_s: float) -> None:
                 await migrate.upgrade(engine)
             return
         except Exception as exc:
-            if not is_database_outage(exc):
+            if not is_outage(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise StartupAborted(
@@ -108,7 +112,7 @@ async def _migrate(engine: AsyncEngine, url: str, wait_s: float) -> None:
                     "PostgreSQL unreachable, retrying for up to %.0f s: %s", remaining, exc
                 )
                 warned = True
-            await asyncio.sleep(min(DATABASE_RETRY_S, max(deadline - time.monotonic(), 0)))
+            await asyncio.sleep(min(backoff.next_delay(), max(deadline - time.monotonic(), 0)))
 
 
 async def _check_durability(engine: AsyncEngine) -> None:

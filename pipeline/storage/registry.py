@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.storage.outage import is_outage
 from pipeline.storage.tables import crypto_prices, tracked_symbols
 
 logger = logging.getLogger(__name__)
@@ -91,9 +90,9 @@ class SymbolRegistry:
         while True:
             try:
                 latest = await self.symbols()
-            # asyncpg.PostgresError: refused new connections arrive unwrapped (57P03 while the
-            # server starts up).
-            except (OperationalError, DBAPIError, OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 logger.warning("cannot read tracked symbols, keeping %s: %s", current, exc)
             else:
                 if latest != current:

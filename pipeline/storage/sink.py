@@ -39,6 +39,7 @@ from pipeline.core.errors import SinkUnavailable
 from pipeline.core.settings import DatabaseSettings
 from pipeline.core.trade_checks import is_symbol
 from pipeline.core.trades import CRYPTO_PRICES_COLUMNS, Row
+from pipeline.storage.outage import is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +61,6 @@ SELECT symbol, count(*) FROM stored GROUP BY symbol
 """
 
 _symbol_of = itemgetter(0)
-
-# Errors that mean "the database is not there right now", as opposed to a bug in our SQL.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
-
 
 # synchronous_commit=off would acknowledge a batch the server can still lose on a crash, after
 # the consumer committed its offsets: the guarantee needs it on. Sent as a startup parameter, not
@@ -185,7 +173,9 @@ class PostgresSink:
                     server_settings=_SERVER_SETTINGS,
                     command_timeout=60,
                 )
-            except _UNAVAILABLE as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         return self._pool
 
@@ -209,7 +199,9 @@ class PostgresSink:
                     stored_by_symbol = await self._fast(connection, data, by_symbol)
                 if stored_by_symbol is None:
                     stored_by_symbol = await self._staged(connection, data, len(rows))
-        except _UNAVAILABLE as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             raise SinkUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
         # Only now is the batch committed: the counters never count a rolled-back row.
         elapsed = time.perf_counter() - started

@@ -1,12 +1,12 @@
-"""Pure validation logic of the API: symbols, cursors, access control, error classification."""
+"""Pure validation logic of the API: symbols, cursors, access control.
+
+Which database errors answer 503: tests/unit/storage/test_outage.py."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from api.errors import is_database_outage
 from api.queries import Cursor, bucket_start
 from api.schemas import MAX_EPOCH_MS, PipelineStatusOut, SymbolIn
 from api.security import is_loopback, key_matches
@@ -84,19 +84,6 @@ def test_api_keys_match_exactly_and_odd_header_values_simply_do_not() -> None:
     assert not key_matches("s3cret ", key)
     assert not key_matches("S3CRET", key)
     assert not key_matches("sécret\udcff", key)
-
-
-def test_unreachable_postgresql_is_an_outage_but_a_bad_query_is_not() -> None:
-    assert is_database_outage(ConnectionRefusedError(111, "refused"))
-    assert is_database_outage(TimeoutError())
-    assert is_database_outage(OperationalError("SELECT 1", {}, Exception("gone")))
-
-    class ShuttingDown(Exception):
-        sqlstate = "57P01"
-
-    assert is_database_outage(DBAPIError("SELECT 1", {}, ShuttingDown()))
-    assert not is_database_outage(IntegrityError("INSERT", {}, Exception("duplicate")))
-    assert not is_database_outage(ValueError("bug"))
 
 
 def test_pipeline_status_adds_the_end_to_end_counts() -> None:
