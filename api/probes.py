@@ -8,7 +8,6 @@ import logging
 import time
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.schemas import CheckOut, ReadinessOut
@@ -16,6 +15,7 @@ from pipeline.core import metrics
 from pipeline.core.settings import KafkaSettings
 from pipeline.kafka.admin import ConsumerLag, consumer_lag
 from pipeline.kafka.client import start_within
+from pipeline.kafka.outage import is_outage
 from pipeline.runtime.pipeline import PipelineControl
 from pipeline.storage import migrate
 
@@ -155,7 +155,9 @@ class LagProbe:
             try:
                 async with asyncio.timeout(timeout_s):
                     lag = await consumer_lag(self._kafka)
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._last = None
                 raise KafkaUnreachable(f"Kafka unreachable: {_reason(exc)}") from exc
             finally:

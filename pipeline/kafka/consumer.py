@@ -22,20 +22,23 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline.core import metrics
 from pipeline.core.errors import InvalidTrade, SinkUnavailable
 from pipeline.core.ports import TradeSink
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.trades import Row
 from pipeline.kafka.client import KAFKA_CALL_TIMEOUT_S, build_producer, start_within
 from pipeline.kafka.dead_letters import dead_letter_record
+from pipeline.kafka.outage import is_outage
 from pipeline.kafka.records import row_from_kafka
 
 logger = logging.getLogger(__name__)
 
 SINK_RETRY_BACKOFF_S = (0.2, 5.0)
+KAFKA_RETRY_BACKOFF_S = (0.2, 5.0)
 # A rebalance waits this long for the batches in hand to be stored and committed.
 REVOKE_WAIT_S = 30.0
 # Batches in hand at once: one whose offsets are being committed, one being written.
@@ -169,21 +172,19 @@ class TradeConsumer:
         # A fresh consumer per attempt: start() also waits for the group's first assignment
         # (after a crash, up to the dead member's session timeout), and a consumer whose start()
         # timed out cannot be started again (aiokafka: "Did you call `start` twice?").
-        delay = SINK_RETRY_BACKOFF_S[0]
+        backoff = Backoff(*KAFKA_RETRY_BACKOFF_S)
         while True:
             consumer = self._build()
             try:
                 await start_within(consumer.start(), KAFKA_CALL_TIMEOUT_S)
                 return consumer
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except BaseException as exc:
+                await self._close(consumer)
+                if not is_outage(exc):
+                    raise
                 self._last_error = f"kafka: {type(exc).__name__}: {exc}"
                 logger.warning("consumer cannot reach kafka, retrying: %s", exc)
-                await self._close(consumer)
-            except BaseException:
-                await self._close(consumer)
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.pause()
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> _Decoded | None:
         """The next batch, decoded; None if nothing came within the poll timeout. The records
@@ -243,7 +244,7 @@ class TradeConsumer:
         return stored
 
     async def _write_with_retry(self, chunk: list[Row]) -> int:
-        delay = SINK_RETRY_BACKOFF_S[0]
+        backoff = Backoff(*SINK_RETRY_BACKOFF_S)
         while True:
             try:
                 stored = await self._sink.write(chunk)
@@ -253,8 +254,7 @@ class TradeConsumer:
                 self._sink_up = False
                 self._last_error = str(exc)
                 metrics.SINK_RETRIES.inc()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, SINK_RETRY_BACKOFF_S[1])
+                await backoff.pause()
                 continue
             if not self._sink_up:
                 logger.info("sink available again")
@@ -298,7 +298,9 @@ class TradeConsumer:
                 continue
             try:
                 await asyncio.wait_for(client.stop(), KAFKA_CALL_TIMEOUT_S)
-            except (KafkaError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 logger.warning("kafka client did not stop cleanly: %s", exc)
         self._dlq = None
 

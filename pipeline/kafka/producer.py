@@ -26,6 +26,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter as MetricCounter
 
 from pipeline.core import metrics
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.trades import TradeEvent
 from pipeline.kafka.client import (
@@ -35,6 +36,7 @@ from pipeline.kafka.client import (
     start_within,
 )
 from pipeline.kafka.dead_letters import dead_letter_record
+from pipeline.kafka.outage import is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -198,20 +200,21 @@ class EventProducer:
             await self._replace(producer)
 
     async def _start(self, producer: AIOKafkaProducer) -> None:
-        delay = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         while True:
             try:
                 await start_within(producer.start(), KAFKA_CALL_TIMEOUT_S)
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._mark_down(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_BACKOFF_S[1])
+                await backoff.pause()
             else:
                 self._mark_up()
                 return
 
     async def _send_forever(self, producer: AIOKafkaProducer) -> None:
-        delay = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         while not self._broken:
             if not self._pending:
                 self._has_pending.clear()
@@ -225,15 +228,16 @@ class EventProducer:
             metrics.PRODUCER_QUEUE.set(len(self._pending))
             try:
                 await self._send_pending(producer)
-            except (KafkaError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 # Metadata is unavailable or the accumulator stayed full: Kafka is not taking
                 # data. What was not handed over is back in `_pending`; try again later.
                 self._mark_down(exc)
                 if not self._broken:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_BACKOFF_S[1])
+                    await backoff.pause()
             else:
-                delay = RETRY_BACKOFF_S[0]
+                backoff.reset()
 
     async def _send_pending(self, producer: AIOKafkaProducer) -> None:
         """Hand everything pending to aiokafka: a batch per partition, more where one fills up.
