@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.core import metrics
 from pipeline.core.settings import ALL_SYMBOLS, Settings
+from pipeline.core.status import TaskStatus
 from pipeline.kafka.admin import ensure_topics
-from pipeline.runtime.supervisor import SupervisedTask, TaskStatus
+from pipeline.runtime.supervisor import SupervisedTask
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.core.metrics import exposition, merge_expositions
 from pipeline.core.settings import Role, Settings
-from pipeline.runtime.supervisor import SupervisedTask, TaskStatus
+from pipeline.core.status import TaskStatus
+from pipeline.runtime.supervisor import SupervisedTask
 from pipeline.runtime.worker import settings_line
 from pipeline.storage.registry import SymbolRegistry
 
