@@ -8,7 +8,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from api.errors import is_database_outage
 from api.queries import Cursor, bucket_start
-from api.schemas import MAX_EPOCH_MS, PipelineStatusOut, SymbolIn
+from api.schemas import MAX_EPOCH_MS, SymbolIn
 from api.security import is_loopback, key_matches
 
 
@@ -97,38 +97,3 @@ def test_unreachable_postgresql_is_an_outage_but_a_bad_query_is_not() -> None:
     assert is_database_outage(DBAPIError("SELECT 1", {}, ShuttingDown()))
     assert not is_database_outage(IntegrityError("INSERT", {}, Exception("duplicate")))
     assert not is_database_outage(ValueError("bug"))
-
-
-def test_pipeline_status_adds_the_end_to_end_counts() -> None:
-    status = {
-        "roles": ["consumer"],
-        "uptime_s": 1.5,
-        "tasks": [
-            {
-                "name": "consumer",
-                "state": "running",
-                "restarts": 0,
-                "last_error": None,
-                "since": 1.0,
-            }
-        ],
-        "consumer": {
-            "assigned": [0, 1, 2],
-            "consumed": 10,
-            "stored": 9,
-            "duplicates": 0,
-            "dead_letters": 1,
-            "batches": 2,
-            "sink_up": True,
-            "last_error": None,
-            "last_commit_at": None,
-        },
-    }
-    shaped = PipelineStatusOut.from_status(status)
-    assert shaped.counts.model_dump() == {
-        "received": None,
-        "produced": None,
-        "stored": 9,
-        "dead_letters": 1,
-    }
-    assert shaped.gaps is None and shaped.source is None
