@@ -252,6 +252,8 @@ class CandlesOut(_Model):
 
 
 # -- pipeline -------------------------------------------------------------------------------
+# GET /pipeline/status answers with pipeline.core.status.PipelineStatus itself: the roles' own
+# status types are the response model, so the API cannot drift from what the pipeline reports.
 
 
 class PartitionLagOut(_Model):
@@ -279,115 +281,3 @@ class ConsumerLagOut(_Model):
     topic: str
     total_lag: int
     partitions: list[PartitionLagOut]
-
-
-class TaskOut(_Model):
-    name: str
-    state: Literal["starting", "running", "restarting", "stopped"]
-    restarts: int
-    last_error: str | None
-    since: float = Field(description="epoch seconds of the last state change")
-
-
-class ConnectionOut(_Model):
-    name: str
-    state: str = Field(description="connecting, connected, backoff or closed")
-    since: float
-    url: str
-    streams: list[str]
-    frames: int
-    reconnects: int
-
-
-class SymbolProgressOut(_Model):
-    last_trade_id: int | None
-    last_trade_time: int | None = Field(description="epoch ms")
-
-
-class ExchangeGapOut(_Model):
-    symbol: str
-    first_id: int
-    last_id: int
-
-
-class SourceOut(_Model):
-    running: bool
-    connections: list[ConnectionOut]
-    symbols: dict[str, SymbolProgressOut]
-    received: int
-    valid: int
-    invalid: int
-    reconnects: int
-    gaps_found: int
-    trades_backfilled: int
-    trades_skipped: int
-    exchange_gap_trades: int
-    exchange_gaps: list[ExchangeGapOut]
-    backfill_in_progress: dict[str, int]
-
-
-class ProducerOut(_Model):
-    kafka_up: bool
-    queued: int
-    in_flight: int
-    delivered: int
-    dead_letters: int
-    delivery_failures: int
-    last_error: str | None
-
-
-class ConsumerOut(_Model):
-    assigned: list[int]
-    consumed: int
-    stored: int
-    duplicates: int
-    dead_letters: int
-    batches: int
-    sink_up: bool
-    last_error: str | None
-    last_commit_at: float | None
-
-
-class CountsOut(_Model):
-    """The path end to end; null where this instance does not run the role."""
-
-    received: int | None = Field(description="frames from the exchange")
-    produced: int | None = Field(description="trades acknowledged by Kafka")
-    stored: int | None = Field(description="rows inserted into crypto_prices")
-    dead_letters: int = Field(description="records sent to the DLQ topic")
-
-
-class GapsOut(_Model):
-    found: int
-    backfilled: int
-
-
-class PipelineStatusOut(_Model):
-    roles: list[str]
-    uptime_s: float
-    tasks: list[TaskOut]
-    counts: CountsOut
-    gaps: GapsOut | None
-    source: SourceOut | None = None
-    producer: ProducerOut | None = None
-    consumer: ConsumerOut | None = None
-
-    @classmethod
-    def from_status(cls, status: dict[str, Any]) -> PipelineStatusOut:
-        """Shape Pipeline.status() (plain data) and add the end-to-end summary."""
-        source = status.get("source")
-        producer = status.get("producer")
-        consumer = status.get("consumer")
-        counts = CountsOut(
-            received=source["received"] if source else None,
-            produced=producer["delivered"] if producer else None,
-            stored=consumer["stored"] if consumer else None,
-            dead_letters=(producer["dead_letters"] if producer else 0)
-            + (consumer["dead_letters"] if consumer else 0),
-        )
-        gaps = (
-            GapsOut(found=source["gaps_found"], backfilled=source["trades_backfilled"])
-            if source
-            else None
-        )
-        return cls.model_validate({**status, "counts": counts, "gaps": gaps})

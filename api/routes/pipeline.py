@@ -6,7 +6,8 @@ from fastapi import APIRouter, HTTPException, status
 
 from api.deps import LagDep, PipelineDep
 from api.probes import KafkaUnreachable
-from api.schemas import ConsumerLagOut, ErrorOut, PartitionLagOut, PipelineStatusOut
+from api.schemas import ConsumerLagOut, ErrorOut, PartitionLagOut
+from pipeline.core.status import PipelineStatus
 
 router = APIRouter(tags=["pipeline"])
 
@@ -48,6 +49,7 @@ async def get_consumer_lag(lag: LagDep) -> ConsumerLagOut:
         "trade-id gaps found and backfilled. Counters are since this process started."
     ),
 )
-async def pipeline_status(pipeline: PipelineDep) -> PipelineStatusOut:
+async def pipeline_status(pipeline: PipelineDep) -> PipelineStatus:
+    # The pipeline's own type is the response model: FastAPI documents and serializes it.
     await pipeline.refresh()
-    return PipelineStatusOut.from_status(pipeline.status())
+    return pipeline.status()

@@ -28,6 +28,7 @@ from pipeline.core.errors import InvalidTrade
 from pipeline.core.ports import TradePublisher
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
+from pipeline.core.status import BackfillStatus, ExchangeGap
 from pipeline.core.trades import TradeEvent, trade_from_rest
 from pipeline.exchange.client import (
     HISTORICAL_TRADES_MAX_LIMIT,
@@ -59,25 +60,6 @@ class Gap:
     @property
     def size(self) -> int:
         return self.last_id - self.first_id + 1
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeGap:
-    """Trade ids the exchange's REST API does not have (or no longer keeps)."""
-
-    symbol: str
-    first_id: int
-    last_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class BackfillStatus:
-    gaps_found: int
-    trades_backfilled: int
-    trades_skipped: int  # beyond backfill_max_trades or older than backfill_max_age_s
-    exchange_gap_trades: int
-    exchange_gaps: tuple[ExchangeGap, ...]  # the most recent ones
-    in_progress: dict[str, int]  # symbol → trade ids still to fetch
 
 
 @dataclass(slots=True)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -27,12 +26,12 @@ from aiohttp.http_websocket import WSMessageTextBytes
 from pipeline.core import metrics
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
+from pipeline.core.status import ConnectionState, ConnectionStatus
 from pipeline.exchange.pacing import AttemptWindow, Pacer
 
 logger = logging.getLogger(__name__)
 
 FrameHandler = Callable[[bytes], Awaitable[dict[str, Any] | None]]
-ConnectionState = Literal["connecting", "connected", "backoff", "closed"]
 
 STREAM_SUFFIX = "@trade"
 # Keep the connect URL well under common proxy/server limits; the rest is subscribed by message.
@@ -74,17 +73,6 @@ def next_request(
     if added:
         return "SUBSCRIBE", added[:max_params]
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionStatus:
-    name: str
-    state: ConnectionState
-    since: float  # epoch seconds of the last state change
-    url: str
-    streams: tuple[str, ...]
-    frames: int
-    reconnects: int
 
 
 class _Reconnect(Exception):

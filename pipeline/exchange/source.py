@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,11 +24,12 @@ from pipeline.core import metrics
 from pipeline.core.errors import InvalidTrade
 from pipeline.core.ports import TradePublisher
 from pipeline.core.settings import BinanceSettings
+from pipeline.core.status import SourceStatus, SymbolStatus
 from pipeline.core.trade_checks import normalize_symbol
 from pipeline.core.trades import TradeEvent, trade_from_binance, trade_from_frame
-from pipeline.exchange.backfill import Backfiller, ExchangeGap
+from pipeline.exchange.backfill import Backfiller
 from pipeline.exchange.client import ExchangeClient
-from pipeline.exchange.connection import ConnectionStatus, StreamConnection, stream_name, symbol_of
+from pipeline.exchange.connection import StreamConnection, stream_name, symbol_of
 from pipeline.exchange.pacing import AttemptWindow
 
 logger = logging.getLogger(__name__)
@@ -38,29 +38,6 @@ WS_SOURCE = "ws"
 # A Binance trade frame is ~250 bytes (combined wrapper included); a much larger one is not a
 # trade, whatever fields it also carries: dead-lettered (its trade id is then backfilled).
 MAX_TRADE_FRAME_BYTES = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class SymbolStatus:
-    last_trade_id: int | None
-    last_trade_time: int | None  # epoch ms
-
-
-@dataclass(frozen=True, slots=True)
-class SourceStatus:
-    running: bool
-    connections: tuple[ConnectionStatus, ...]
-    symbols: dict[str, SymbolStatus]
-    received: int  # frames that were not replies to our requests
-    valid: int
-    invalid: int  # dead-lettered
-    reconnects: int
-    gaps_found: int
-    trades_backfilled: int
-    trades_skipped: int  # gap trades beyond the backfill bounds
-    exchange_gap_trades: int  # trade ids REST does not have
-    exchange_gaps: tuple[ExchangeGap, ...]
-    backfill_in_progress: dict[str, int]  # symbol → trade ids still to fetch
 
 
 class _SymbolState:

@@ -29,6 +29,7 @@ from pipeline.core.errors import InvalidTrade, SinkUnavailable
 from pipeline.core.ports import TradeSink
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
+from pipeline.core.status import ConsumerStatus
 from pipeline.core.trades import Row
 from pipeline.kafka.client import KAFKA_CALL_TIMEOUT_S, build_producer, start_within
 from pipeline.kafka.dead_letters import dead_letter_record
@@ -43,19 +44,6 @@ KAFKA_RETRY_BACKOFF_S = (0.2, 5.0)
 REVOKE_WAIT_S = 30.0
 # Batches in hand at once: one whose offsets are being committed, one being written.
 IN_HAND = 2
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerStatus:
-    assigned: list[int]
-    consumed: int
-    stored: int
-    duplicates: int
-    dead_letters: int
-    batches: int
-    sink_up: bool
-    last_error: str | None
-    last_commit_at: float | None
 
 
 @dataclass(slots=True)
@@ -111,7 +99,9 @@ class TradeConsumer:
 
     def status(self) -> ConsumerStatus:
         assigned = (
-            sorted(tp.partition for tp in self._consumer.assignment()) if self._consumer else []
+            tuple(sorted(tp.partition for tp in self._consumer.assignment()))
+            if self._consumer
+            else ()
         )
         return ConsumerStatus(
             assigned=assigned,

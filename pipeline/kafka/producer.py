@@ -28,6 +28,7 @@ from prometheus_client import Counter as MetricCounter
 from pipeline.core import metrics
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
+from pipeline.core.status import ProducerStatus
 from pipeline.core.trades import TradeEvent
 from pipeline.kafka.client import (
     KAFKA_CALL_TIMEOUT_S,
@@ -93,17 +94,6 @@ def _fail_all_batches(producer: AIOKafkaProducer) -> None:
     for batch in batches:
         if not batch._drain_waiter.cancelled():
             batch._drain_waiter.exception()
-
-
-@dataclass(frozen=True, slots=True)
-class ProducerStatus:
-    kafka_up: bool
-    queued: int
-    in_flight: int
-    delivered: int
-    dead_letters: int
-    delivery_failures: int
-    last_error: str | None
 
 
 class EventProducer:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline.core import metrics
 from pipeline.core.settings import ALL_SYMBOLS, Settings
+from pipeline.core.status import PipelineStatus, TaskStatus
 from pipeline.kafka.admin import ensure_topics
-from pipeline.runtime.supervisor import SupervisedTask, TaskStatus
+from pipeline.runtime.supervisor import SupervisedTask
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -69,7 +70,7 @@ class PipelineControl(Protocol):
 
     def tasks(self) -> list[TaskStatus]: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> PipelineStatus: ...
 
     def metrics(self) -> bytes: ...
 
@@ -205,19 +206,17 @@ class Pipeline:
             found.append(self._consumer_role.task)
         return [task.status() for task in found]
 
-    def status(self) -> dict[str, Any]:
-        """Everything /pipeline/status shows, as plain data."""
-        report: dict[str, Any] = {
-            "roles": sorted(self.roles),
-            "uptime_s": round(time.time() - self._started_at, 1),
-            "tasks": [asdict(task) for task in self.tasks()],
-        }
-        if self._producer_role is not None:
-            report["source"] = asdict(self._producer_role.source.status())
-            report["producer"] = asdict(self._producer_role.producer.status())
-        if self._consumer_role is not None:
-            report["consumer"] = asdict(self._consumer_role.consumer.status())
-        return report
+    def status(self) -> PipelineStatus:
+        """Everything /pipeline/status shows."""
+        producer_role, consumer_role = self._producer_role, self._consumer_role
+        return PipelineStatus.of(
+            self.roles,
+            round(time.time() - self._started_at, 1),
+            self.tasks(),
+            source=producer_role.source.status() if producer_role else None,
+            producer=producer_role.producer.status() if producer_role else None,
+            consumer=consumer_role.consumer.status() if consumer_role else None,
+        )
 
     def metrics(self) -> bytes:
         """The Prometheus exposition of this process, where the roles run."""

@@ -7,8 +7,9 @@ child: the producer, the consumer and the API each get a core's worth of schedul
 API only serves HTTP.
 
 The interface is Pipeline's (`start`, `stop`, `status`, `tasks`, `registry`, `roles`), built
-from the workers' reports. A worker that exits is restarted with backoff (SupervisedTask);
-stopping closes its stdin and waits for its clean stop, bounded, then kills it.
+from the workers' reports, each decoded and validated into the worker's own types (a
+`WorkerReport` holding a `PipelineStatus`). A worker that exits is restarted with backoff
+(SupervisedTask); stopping closes its stdin and waits for its clean stop, bounded, then kills it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import asdict
-from typing import Any
+from dataclasses import replace
 
-import orjson
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.core.metrics import exposition, merge_expositions
 from pipeline.core.settings import Role, Settings
-from pipeline.runtime.supervisor import SupervisedTask, TaskStatus
-from pipeline.runtime.worker import settings_line
+from pipeline.core.status import PipelineStatus, TaskStatus
+from pipeline.runtime.supervisor import SupervisedTask
+from pipeline.runtime.worker import WorkerReport, settings_line
 from pipeline.storage.registry import SymbolRegistry
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,14 @@ REPORT_LINE_LIMIT = 16 << 20
 # How long /pipeline/status and /metrics wait for a worker's fresh report before using the last.
 REFRESH_TIMEOUT_S = 1.0
 
+_decoder = msgspec.json.Decoder(WorkerReport)
+
+
+def read_report(line: bytes) -> WorkerReport:
+    """A worker's report line (see worker.report_line), validated: msgspec.ValidationError when
+    a field is missing or of the wrong type, msgspec.DecodeError when it is not JSON."""
+    return _decoder.decode(line)
+
 
 class WorkerProcess:
     """One role's worker: started, read, restarted and stopped by a SupervisedTask."""
@@ -47,7 +56,7 @@ class WorkerProcess:
         self._settings = settings.model_copy(update={"roles": frozenset({role})})
         self._task = SupervisedTask(f"{role} process", self._run)
         self._process: asyncio.subprocess.Process | None = None
-        self.report: dict[str, Any] | None = None
+        self.report: WorkerReport | None = None
         self._asked = 0
         self._answered = 0
         self._reported = asyncio.Condition()
@@ -82,13 +91,25 @@ class WorkerProcess:
             await self._terminate(process)
 
     async def _read_reports(self, process: asyncio.subprocess.Process) -> None:
-        """Keep the latest report until the worker closes its stdout; wake who asked for one."""
+        """Keep the latest report until the worker closes its stdout; wake who asked for one.
+
+        A line that does not decode into a WorkerReport counts as no report: the last one
+        stands (none yet: the worker shows as starting), and who asked waits out its timeout.
+        """
         assert process.stdout is not None
+        warned = False
         while line := await process.stdout.readline():
-            self.report = orjson.loads(line)
+            try:
+                report = read_report(line)
+            except msgspec.DecodeError as exc:  # ValidationError included
+                if not warned:
+                    logger.warning("%s worker sent an unreadable report: %s", self.role, exc)
+                    warned = True
+                continue
+            self.report = report
             async with self._reported:
-                if self.report["answer"] is not None:
-                    self._answered = max(self._answered, self.report["answer"])
+                if report.answer is not None:
+                    self._answered = max(self._answered, report.answer)
                 self._reported.notify_all()
 
     async def refresh(self) -> None:
@@ -128,11 +149,9 @@ class WorkerProcess:
         """The worker's own tasks as it last reported them, after the process itself."""
         supervisor = self._task.status()
         if supervisor.state == "running" and self.report is None:
-            supervisor = TaskStatus(
-                supervisor.name, "starting", supervisor.restarts, None, supervisor.since
-            )
-        reported = self.report["status"]["tasks"] if self.report is not None else []
-        return [supervisor, *(TaskStatus(**task) for task in reported)]
+            supervisor = replace(supervisor, state="starting", last_error=None)
+        reported = self.report.status.tasks if self.report is not None else ()
+        return [supervisor, *reported]
 
 
 class ProcessPipeline:
@@ -167,26 +186,19 @@ class ProcessPipeline:
     def tasks(self) -> list[TaskStatus]:
         return [task for worker in self._workers for task in worker.tasks()]
 
-    def status(self) -> dict[str, Any]:
-        """Pipeline.status()'s shape, from the workers' latest reports."""
-        report: dict[str, Any] = {
-            "roles": sorted(self.roles),
-            "uptime_s": round(time.time() - self._started_at, 1),
-        }
-        for worker in self._workers:
-            if worker.report is not None:
-                status = worker.report["status"]
-                report.update(
-                    {
-                        key: status[key]
-                        for key in ("source", "producer", "consumer")
-                        if key in status
-                    }
-                )
-        report["tasks"] = [asdict(task) for task in self.tasks()]
-        return report
+    def status(self) -> PipelineStatus:
+        """Pipeline.status(), merged from the workers' latest reports (one role each)."""
+        reported = [w.report.status for w in self._workers if w.report is not None]
+        return PipelineStatus.of(
+            self.roles,
+            round(time.time() - self._started_at, 1),
+            self.tasks(),
+            source=next((s.source for s in reported if s.source is not None), None),
+            producer=next((s.producer for s in reported if s.producer is not None), None),
+            consumer=next((s.consumer for s in reported if s.consumer is not None), None),
+        )
 
     def metrics(self) -> bytes:
         """This process's exposition merged with the workers' latest (see merge_expositions)."""
-        reports = [w.report["metrics"] for w in self._workers if w.report is not None]
+        reports = [w.report.metrics for w in self._workers if w.report is not None]
         return merge_expositions([exposition().decode(), *reports])

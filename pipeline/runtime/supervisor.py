@@ -6,27 +6,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from pipeline.core import metrics
 from pipeline.core.retry import Backoff
+from pipeline.core.status import TaskState, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-TaskState = Literal["starting", "running", "restarting", "stopped"]
 RESTART_BACKOFF_S = (0.5, 30.0)
 # A run that lasted this long was healthy: the next crash starts the backoff over.
 HEALTHY_RUN_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class TaskStatus:
-    name: str
-    state: TaskState
-    restarts: int
-    last_error: str | None
-    since: float
 
 
 class SupervisedTask:

@@ -1,9 +1,10 @@
 """A worker process: one role of the pipeline, run for the API process that started it.
 
 `python -m pipeline.runtime.worker` reads its settings as one JSON line on stdin and runs a `Pipeline`
-with those roles. On its original stdout it writes a report (status, tasks, Prometheus
-exposition) as one JSON line every REPORT_INTERVAL_S, and at once for every `report <n>` line
-on stdin, answering `n` (so the API's /pipeline/status is never stale).
+with those roles. On its original stdout it writes a report (a `WorkerReport`: the typed
+`PipelineStatus` and the Prometheus exposition) as one JSON line every REPORT_INTERVAL_S, and at
+once for every `report <n>` line on stdin, answering `n` (so the API's /pipeline/status is never
+stale).
 
 It stops cleanly (source stopped, producer flushed, consumer's batch committed) when stdin
 closes — the parent asked, or died: a SIGKILLed API process leaves no orphan running — or on
@@ -22,13 +23,16 @@ import os
 import signal
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from pipeline.core.logs import configure_logging
 from pipeline.core.metrics import exposition
 from pipeline.core.settings import Settings
+from pipeline.core.status import PipelineStatus
 from pipeline.runtime.pipeline import Pipeline
 from pipeline.runtime.priority import lower_priority
 
@@ -46,14 +50,26 @@ REPORT_INTERVAL_S = 1.0
 REPORT_REQUEST = b"report"
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """One report: what the parent shows at /pipeline/status, /ready and /metrics."""
+
+    answer: int | None  # the `report <n>` request this answers; None when unasked
+    status: PipelineStatus
+    metrics: str  # Prometheus exposition
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def report_line(report: WorkerReport) -> bytes:
+    """A report as the worker sends it: one JSON line (see processes.read_report)."""
+    return _encoder.encode(report) + b"\n"
+
+
 def report(pipeline: Pipeline, answer: int | None = None) -> bytes:
-    """One report line: what the parent shows at /pipeline/status, /ready and /metrics."""
-    body = {
-        "answer": answer,
-        "status": pipeline.status(),
-        "metrics": exposition().decode(),
-    }
-    return orjson.dumps(body, default=str) + b"\n"
+    """The report line of this moment."""
+    return report_line(WorkerReport(answer, pipeline.status(), exposition().decode()))
 
 
 async def _stdin() -> asyncio.StreamReader:

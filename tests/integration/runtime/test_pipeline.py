@@ -148,14 +148,15 @@ async def test_disconnect_in_the_middle_is_backfilled_without_a_hole(
         simulator.emit(300, SYMBOLS)  # happens while the source is reconnecting
 
         async def reconnected() -> bool:
-            return pipeline.status()["source"]["reconnects"] >= 1 and simulator.connections == 1
+            source = pipeline.status().source
+            return source is not None and source.reconnects >= 1 and simulator.connections == 1
 
         await wait_until(reconnected, 10, "reconnected")
         await subscribed(simulator, SYMBOLS)
         simulator.emit(50, SYMBOLS)  # reveals the gap
         await settled(pipeline_settings, simulator, SYMBOLS)
-        status = pipeline.status()["source"]
-    assert status["reconnects"] >= 1
+        status = pipeline.status().source
+    assert status is not None and status.reconnects >= 1
     for symbol in SYMBOLS:
         ids = (await stored(pipeline_settings))[symbol]
         assert ids == set(range(min(ids), max(ids) + 1))
@@ -195,7 +196,8 @@ async def test_restart_backfills_trades_that_happened_while_the_service_was_down
         await subscribed(simulator, SYMBOLS)
         simulator.emit(5, SYMBOLS)
         await settled(pipeline_settings, simulator, SYMBOLS)
-        assert pipeline.status()["source"]["trades_backfilled"] >= 3 * 500
+        source = pipeline.status().source
+        assert source is not None and source.trades_backfilled >= 3 * 500
 
 
 async def test_whole_market_mode_tracks_every_trading_symbol_the_exchange_lists(

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from api.queries import Cursor, bucket_start
-from api.schemas import MAX_EPOCH_MS, PipelineStatusOut, SymbolIn
+from api.schemas import MAX_EPOCH_MS, SymbolIn
 from api.security import is_loopback, key_matches
 
 
@@ -84,38 +84,3 @@ def test_api_keys_match_exactly_and_odd_header_values_simply_do_not() -> None:
     assert not key_matches("s3cret ", key)
     assert not key_matches("S3CRET", key)
     assert not key_matches("sécret\udcff", key)
-
-
-def test_pipeline_status_adds_the_end_to_end_counts() -> None:
-    status = {
-        "roles": ["consumer"],
-        "uptime_s": 1.5,
-        "tasks": [
-            {
-                "name": "consumer",
-                "state": "running",
-                "restarts": 0,
-                "last_error": None,
-                "since": 1.0,
-            }
-        ],
-        "consumer": {
-            "assigned": [0, 1, 2],
-            "consumed": 10,
-            "stored": 9,
-            "duplicates": 0,
-            "dead_letters": 1,
-            "batches": 2,
-            "sink_up": True,
-            "last_error": None,
-            "last_commit_at": None,
-        },
-    }
-    shaped = PipelineStatusOut.from_status(status)
-    assert shaped.counts.model_dump() == {
-        "received": None,
-        "produced": None,
-        "stored": 9,
-        "dead_letters": 1,
-    }
-    assert shaped.gaps is None and shaped.source is None

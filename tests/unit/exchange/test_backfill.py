@@ -10,10 +10,10 @@ from typing import Any, cast
 import pytest
 
 from pipeline.core.settings import BinanceSettings
+from pipeline.core.status import ExchangeGap
 from pipeline.exchange import backfill
 from pipeline.exchange.backfill import (
     Backfiller,
-    ExchangeGap,
     Gap,
     absorb_page,
     bound_gap,
