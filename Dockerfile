@@ -32,23 +32,16 @@ COPY pyproject.toml poetry.lock ./
 RUN --mount=type=cache,target=/tmp/poetry-cache \
     /opt/poetry/bin/poetry install --only main --no-root --no-ansi
 
-# The application itself: run from /app (PYTHONPATH), not installed as a wheel.
-COPY alembic.ini ./
-COPY migrations/ ./migrations/
-COPY config/ ./config/
-COPY pipeline/ ./pipeline/
+# The application itself, installed as the wheel users get (`make dist`): the product packages
+# api/ and pipeline/ with their defaults and migrations inside; devtools/ never goes in. The
+# installer writes the `crypto-pipeline` console script.
+COPY README.md ./
 COPY api/ ./api/
-
-# The console script `crypto-pipeline = "pipeline.runtime.cli:main"`, as an installer would write it.
-RUN printf '%s\n' \
-        '#!/app/.venv/bin/python' \
-        'import sys' \
-        'from pipeline.runtime.cli import main' \
-        'if __name__ == "__main__":' \
-        '    sys.exit(main())' \
-        > /app/.venv/bin/crypto-pipeline \
-    && chmod 0755 /app/.venv/bin/crypto-pipeline \
-    && /app/.venv/bin/python -m compileall -q /app/api /app/pipeline /app/migrations
+COPY pipeline/ ./pipeline/
+RUN /opt/poetry/bin/poetry build --no-ansi -f wheel \
+    && /app/.venv/bin/pip install --no-deps --no-compile dist/*.whl \
+    && /app/.venv/bin/python -m compileall -q /app/.venv/lib \
+    && rm -rf dist api pipeline README.md
 
 ########################################################################################
 # runtime: slim Python, the venv and the code, a non-root user.
@@ -64,7 +57,6 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONFAULTHANDLER=1 \
     VIRTUAL_ENV=/app/.venv \
     PATH="/app/.venv/bin:${PATH}" \
-    PYTHONPATH=/app \
     HOST=0.0.0.0 \
     PORT=8000 \
     LOG_FORMAT=json
@@ -89,5 +81,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 # `exec` makes uvicorn PID 1, so `docker stop` (SIGTERM) reaches it and the lifespan drains
 # the pipeline (see stop_grace_period in docker-compose.yml). Behind a reverse proxy, set
 # FORWARDED_ALLOW_IPS to the proxy's address so client IPs come from X-Forwarded-For.
-# Migrations run at start (advisory lock); `docker compose run --rm app alembic upgrade head` also works.
+# Migrations run at start (advisory lock); `docker compose run --rm app crypto-pipeline migrate` also works.
 CMD ["sh", "-c", "exec python -m uvicorn api.main:app --host \"$HOST\" --port \"$PORT\" --proxy-headers"]

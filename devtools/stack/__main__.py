@@ -1,4 +1,4 @@
-"""`python -m devtools.stack up|down|status`: the local Kafka + PostgreSQL in the background.
+"""`python -m devtools.stack up|down|status|lock-jars`: the local Kafka + PostgreSQL.
 
 `up` leaves both servers running after it exits and writes `.stack/env` (shell `export` lines
 for KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL), which it also prints. Progress goes to stderr.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from devtools.stack.common import STACK_DIR, log
+from devtools.stack.jars import LOCK_FILE, write_lock
 from devtools.stack.local import DEFAULT_CONTROLLER_PORT, DEFAULT_KAFKA_PORT, LocalStack
 from pipeline.core.errors import StackError
 
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("down", help="stop both (data is kept) and remove the env file")
     commands.add_parser("status", help="show what runs; exit 1 unless everything is available")
+    commands.add_parser(
+        "lock-jars", help=f"resolve kafka-pom.xml with Maven and rewrite {LOCK_FILE} (maintainers)"
+    )
     return parser
 
 
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="stack: %(message)s", stream=sys.stderr)
     try:
+        if args.command == "lock-jars":
+            here = Path(__file__).resolve().parent
+            count = write_lock(here / "kafka-pom.xml", here / LOCK_FILE)
+            log.info("%d jars written to %s", count, here / LOCK_FILE)
+            return 0
         stack = LocalStack(
             args.root,
             kafka_port=getattr(args, "kafka_port", None),

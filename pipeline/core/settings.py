@@ -30,8 +30,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pipeline.core.errors import ConfigError
 from pipeline.core.trade_checks import normalize_symbol
 
+# The source checkout, for development tools and tests; the product itself never needs it.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "config" / "settings.yaml"
+# The shipped defaults, inside the package so that an installed wheel has them too (the
+# checkout's config/settings.yaml is a link to this file).
+DEFAULT_SETTINGS_FILE = Path(__file__).resolve().with_name("settings.yaml")
 
 ALL_SYMBOLS = "ALL"
 

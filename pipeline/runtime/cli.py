@@ -1,10 +1,12 @@
-"""`crypto-pipeline`: the original design's flows as thin commands over the same modules.
+"""`crypto-pipeline`: the service and the original design's flows as thin commands.
 
+    crypto-pipeline serve              the HTTP service with its roles (= uvicorn api.main:app)
     crypto-pipeline produce            source → Kafka only (PIPELINE_ROLES=producer), no HTTP API
     crypto-pipeline consume            Kafka → PostgreSQL only (PIPELINE_ROLES=consumer)
     crypto-pipeline migrate            alembic upgrade head
 
-The HTTP service itself is `uvicorn api.main:app`. The local stack and the exchange simulator are
+Each runs from any directory of an installed wheel: the defaults and the migrations ship inside
+the package; environment variables or `--config FILE` (a settings YAML) override them. The local stack and the exchange simulator are
 development tools, not commands of the product: `python -m devtools.stack`,
 `python -m devtools.simulator`.
 """
@@ -15,10 +17,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Literal
+
+import uvicorn
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging
@@ -68,6 +73,17 @@ async def _migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
+def _serve(settings: Settings) -> None:
+    # By name, as the `uvicorn api.main:app` command does: the HTTP layer sits above this one.
+    uvicorn.run(
+        "api.main:app",
+        host=settings.api.host,
+        port=settings.api.port,
+        access_log=False,
+        log_config=None,  # configure_logging already set up structured logs
+    )
+
+
 def _settings(roles: Literal["producer", "consumer"] | None = None) -> Settings:
     settings = load_settings()
     if roles is not None:
@@ -78,7 +94,13 @@ def _settings(roles: Literal["producer", "consumer"] | None = None) -> Settings:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crypto-pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings YAML instead of the shipped defaults (SETTINGS_FILE)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP service and its roles on api.host:api.port")
     commands.add_parser("produce", help="stream trades from the exchange into Kafka")
     commands.add_parser("consume", help="store trades from Kafka in PostgreSQL")
     commands.add_parser("migrate", help="upgrade the database schema to head")
@@ -87,7 +109,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
+    if options.config is not None:
+        os.environ["SETTINGS_FILE"] = options.config
     try:
+        if options.command == "serve":
+            _serve(_settings())
+            return 0
         if options.command == "migrate":
             asyncio.run(_migrate(_settings()))
             return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -9,11 +11,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.core.settings import PROJECT_ROOT
+# Shipped inside the package, so an installed wheel can migrate from any directory. The
+# checkout's alembic.ini (for the `alembic` command) points at the same scripts.
+SCRIPT_LOCATION = Path(__file__).resolve().with_name("migrations")
 
 
 def alembic_config() -> Config:
-    return Config(str(PROJECT_ROOT / "alembic.ini"))
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    return config
 
 
 def head_revision() -> str | None:

@@ -536,10 +536,15 @@ def test_dependencies_come_from_the_lock_file_main_group_only(dockerfile_stages:
     assert (ROOT / "poetry.lock").is_file() and (ROOT / "pyproject.toml").is_file()
 
 
-def test_image_contains_the_code_and_the_migrations(dockerfile_stages: Stages) -> None:
-    assert {"api", "pipeline", "migrations", "config", "alembic.ini"} <= copy_sources(
-        dockerfile_stages
-    )
+def test_image_installs_the_product_wheel_without_the_dev_tools(dockerfile_stages: Stages) -> None:
+    # The wheel carries the defaults and the migrations (pipeline/core/settings.yaml,
+    # pipeline/storage/migrations); devtools/ is never copied into the image.
+    sources = copy_sources(dockerfile_stages)
+    assert {"api", "pipeline"} <= sources
+    assert not any(source.startswith(("devtools", "tests", "bench")) for source in sources)
+    runs = " ".join(instructions(dockerfile_stages[0], "RUN"))
+    assert re.search(r"poetry\s+build\b[^&;]*-f wheel", runs)
+    assert re.search(r"pip install\b[^&;]*dist/\*\.whl", runs)
 
 
 def test_runtime_stage_copies_the_built_venv_and_runs_as_non_root(

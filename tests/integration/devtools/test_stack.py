@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import asyncpg
@@ -28,14 +31,13 @@ from devtools.stack import (
     StackError,
     ensure_kafka_jars,
     free_port,
+    jars,
     wait_kafka_ready,
 )
-from devtools.stack.jars import REQUIRED_JARS, java_executable
+from devtools.stack.jars import REQUIRED_JARS, java_executable, locked_jars
 from pipeline.core.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
-
-REAL_JAVA = shutil.which("java")
 
 
 @pytest.fixture(scope="module")
@@ -152,32 +154,97 @@ def test_taken_port_fails_fast_naming_the_port(tmp_path: Path) -> None:
 
 def test_cached_jars_are_not_fetched_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ensure_kafka_jars()  # fetches only if no broker of this run needed the jars yet
-    # With neither mvn nor java on PATH, any attempt to fetch would raise StackError.
-    _path_of_only(monkeypatch, tmp_path / "bin")
+    # An unreachable repository: any attempt to fetch would raise StackError.
+    monkeypatch.setenv("MAVEN_REPO_URL", "http://127.0.0.1:9")
     started = time.monotonic()
     lib = ensure_kafka_jars(DEFAULT_JARS_DIR)
     assert time.monotonic() - started < 1
     assert all((lib / jar).is_file() for jar in REQUIRED_JARS)
 
 
-@pytest.mark.usefixtures("uncached_java")
-def test_missing_maven_is_one_actionable_line(
+@pytest.fixture
+def maven_mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Maven repository on 127.0.0.1 holding the locked jars (copied from the cache), and
+    its root directory, so tests can alter what it serves."""
+    lib = ensure_kafka_jars()
+    root = tmp_path / "mirror"
+    for jar in locked_jars():
+        target = root / jar.url("").lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lib / jar.file_name, target)
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", root
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_jars_are_fetched_without_maven_and_checked_against_the_lock(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, maven_mirror: tuple[str, Path]
+) -> None:
+    url, _ = maven_mirror
+    monkeypatch.setenv("MAVEN_REPO_URL", url)
+    _path_of_only(monkeypatch, tmp_path / "bin")  # no mvn, no java
+    lib = ensure_kafka_jars(tmp_path / "cache")
+    locked = locked_jars()
+    assert sorted(p.name for p in lib.iterdir()) == sorted(jar.file_name for jar in locked)
+    assert all((lib / jar).is_file() for jar in REQUIRED_JARS)
+
+
+def test_a_jar_that_does_not_match_its_sha256_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, maven_mirror: tuple[str, Path]
+) -> None:
+    url, root = maven_mirror
+    tampered = next(jar for jar in locked_jars() if jar.artifact == "kafka-server")
+    (root / tampered.url("").lstrip("/")).write_bytes(b"not the jar")
+    monkeypatch.setenv("MAVEN_REPO_URL", url)
+    with pytest.raises(StackError, match=r"kafka-server-.*does not match the sha256"):
+        ensure_kafka_jars(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "lib").exists()
+
+
+def test_an_unreachable_repository_is_one_actionable_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert REAL_JAVA is not None
-    _path_of_only(monkeypatch, tmp_path / "bin", java=Path(REAL_JAVA))
-    with pytest.raises(StackError, match=r"^`mvn` is not on PATH: install Maven") as info:
+    monkeypatch.setenv("MAVEN_REPO_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(
+        StackError, match=r"^cannot fetch http://127.0.0.1:.*Maven Central$"
+    ) as info:
         ensure_kafka_jars(tmp_path / "cache")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "cache" / "lib").exists()
 
 
 @pytest.mark.usefixtures("uncached_java")
-def test_old_java_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_old_java_on_path_gives_way_to_the_bundled_jdk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     fake = tmp_path / "java"
     fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
     fake.chmod(0o755)
     _path_of_only(monkeypatch, tmp_path / "bin", java=fake)
+    java = java_executable()
+    assert java != str(tmp_path / "bin" / "java")
+    version = subprocess.run([java, "-version"], capture_output=True, text=True, check=True)
+    assert 'version "' in version.stderr
+
+
+@pytest.mark.usefixtures("uncached_java")
+def test_old_java_without_a_bundled_jdk_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = tmp_path / "java"
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
+    fake.chmod(0o755)
+    _path_of_only(monkeypatch, tmp_path / "bin", java=fake)
+    monkeypatch.setattr(jars, "_bundled_java", lambda: None)
     with pytest.raises(StackError, match=r"needs Java 17\+, but .* is Java 11"):
         java_executable()
 
