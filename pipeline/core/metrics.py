@@ -2,19 +2,15 @@
 
 Counters per symbol are labelled; everything is updated per batch or per event in O(1),
 never logged per message. Counts a hot path keeps itself (per frame, where an `inc()` would cost
-a lock and ~0.3 µs) reach their counters through `on_collect` hooks, which `exposition()` runs
+a lock) reach their counters through `on_collect` hooks, which `exposition()` runs
 first: every exposition includes every count so far.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
-from bisect import bisect_left
-from collections import Counter as Tally
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     REGISTRY,
@@ -27,6 +23,9 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+# Re-exported: the consumer calls metrics.observe_many (it needs prometheus_client internals).
+from pipeline.core._prometheus_compat import observe_many as observe_many
 
 TRADES_RECEIVED = Counter(
     "pipeline_trades_received_total", "Frames received from the exchange", ["source"]
@@ -107,30 +106,6 @@ def exposition() -> bytes:
     """This process's Prometheus exposition, pending counts included."""
     collect_pending()
     return generate_latest(REGISTRY)
-
-
-def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
-    """`histogram.observe(value)` for every value, as one update per bucket touched and one of
-    the sum (observe() takes a lock and walks the buckets in Python per value: ~0.6 µs each).
-
-    Bucket counts come out exactly as with observe(); the sum up to float rounding (added up
-    before it is added). Needs an unlabelled histogram (or a labelled child), like observe().
-    """
-    if not values:
-        return
-    total = sum(values)
-    if math.isnan(total):
-        # A NaN (or +inf and -inf) among the values: observe() puts a NaN in no bucket, while
-        # bisect would count it in the first one. Never the case for our latencies.
-        for value in values:
-            histogram.observe(value)
-        return
-    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
-    buckets = histogram._buckets
-    # observe() counts a value in the first bucket whose upper bound is >= it: bisect_left.
-    for index, count in Tally(map(partial(bisect_left, histogram._upper_bounds), values)).items():
-        buckets[index].inc(count)
-    histogram._sum.inc(total)
 
 
 # Per-process families that would mean nothing summed over processes: the API process's own.

@@ -8,6 +8,7 @@ every other setting can be overridden as `SECTION__KEY` (e.g. `KAFKA__LINGER_MS=
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -63,13 +64,16 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
 NESTED_DELIMITER = "__"
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:19092"
-    topic: str = Field("crypto_prices", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    topic: str = Field("crypto_prices", pattern=f"^{_TOPIC_NAME.pattern}$")
     dlq_topic: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,249}$")
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
@@ -77,8 +81,8 @@ class KafkaSettings(_Section):
     client_id: str = Field("crypto-streaming-pipeline", min_length=1)
     linger_ms: NonNegativeInt = 5
     max_batch_size: PositiveInt = 512 * 1024
-    # zstd: aiokafka compresses lz4 at level 9 (1.6 µs/record measured), zstd at its default
-    # level (0.13 µs/record), and its batches are ~4x smaller.
+    # zstd: aiokafka compresses lz4 at level 9, many times slower per record than zstd at its
+    # default level, whose batches are also several times smaller (docs/perf.md).
     compression: Literal["lz4", "zstd", "gzip", "none"] = "zstd"
     # Events waiting for the producer; when full the source waits (backpressure, bounded memory).
     queue_size: PositiveInt = 20_000
@@ -96,11 +100,16 @@ class KafkaSettings(_Section):
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
 
-    @model_validator(mode="after")
-    def _default_dlq_topic(self) -> KafkaSettings:
-        if not self.dlq_topic:
-            object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dlq_topic(cls, data: Any) -> Any:
+        # Before validation, since the model is frozen after it: the topic's name + ".dlq".
+        if isinstance(data, dict) and not data.get("dlq_topic"):
+            topic = data.get("topic", cls.model_fields["topic"].default)
+            # A topic that is not valid is reported as such, not once more in its DLQ's name.
+            if isinstance(topic, str) and _TOPIC_NAME.fullmatch(topic):
+                return {**data, "dlq_topic": f"{topic}.dlq"}
+        return data
 
 
 class DatabaseSettings(_Section):

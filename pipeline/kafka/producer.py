@@ -16,7 +16,6 @@ import contextlib
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -30,6 +29,7 @@ from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.status import ProducerStatus
 from pipeline.core.trades import TradeEvent
+from pipeline.kafka import _aiokafka_compat
 from pipeline.kafka.client import (
     KAFKA_CALL_TIMEOUT_S,
     CachedPartitioner,
@@ -79,21 +79,6 @@ class _Batch:
             return False
         self.records.append(record)
         return True
-
-
-def _fail_all_batches(producer: AIOKafkaProducer) -> None:
-    """Fail every batch a dropped producer still holds, so that its stop() does not flush them.
-
-    fail_all() also fails each batch's drain waiter, which nobody awaits with the batch API;
-    they are retrieved here, or asyncio logs each as "exception was never retrieved" (private
-    API, aiokafka 0.14).
-    """
-    accumulator = producer._message_accumulator
-    batches = [*chain.from_iterable(accumulator._batches.values()), *accumulator._pending_batches]
-    accumulator.fail_all(KafkaError("producer replaced"))
-    for batch in batches:
-        if not batch._drain_waiter.cancelled():
-            batch._drain_waiter.exception()
 
 
 class EventProducer:
@@ -376,14 +361,14 @@ class EventProducer:
             len(held),
         )
         # No flush: its batches would never be delivered. aiokafka's stop() flushes first, so
-        # its sender is stopped and its batches failed beforehand (private API, aiokafka 0.14).
-        sender_task = producer._sender.sender_task if producer._sender is not None else None
+        # its sender is stopped and its batches failed beforehand (aiokafka internals).
+        sender_task = _aiokafka_compat.sender_task(producer)
         if sender_task is not None:
             sender_task.cancel()
             # Until it has ended: stop() would otherwise cancel and await it again, get its
             # CancelledError, and leave the connections open.
             await asyncio.wait({sender_task}, timeout=KAFKA_CALL_TIMEOUT_S)
-        _fail_all_batches(producer)
+        _aiokafka_compat.fail_all_batches(producer, KafkaError("producer replaced"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.stop(), KAFKA_CALL_TIMEOUT_S)
 
