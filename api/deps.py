@@ -44,13 +44,8 @@ async def get_engine(request: Request) -> AsyncEngine:
     return _state(request)["engine"]
 
 
-def reads_of(request: Request) -> PriceReads:
-    """For the hottest route only, which takes `request` to skip dependency resolution."""
-    return _state(request)["reads"]
-
-
 async def get_reads(request: Request) -> PriceReads:
-    return reads_of(request)
+    return _state(request)["reads"]
 
 
 async def get_pipeline(request: Request) -> PipelineControl:

@@ -1,11 +1,10 @@
 """The /prices reads: an asyncpg pool of their own, and rows encoded straight to JSON.
 
-GET /prices/{symbol} is the hot read (≥ 1,000 req/s, docs/perf.md); its kept answers are sent
-before FastAPI by api.shortcut. Through the SQLAlchemy engine it cost ~1,100 µs of service CPU
-per request, most of it building and compiling the statement, the pooled connection's
-pre-ping and transaction, and response-model validation; this path (~350-450 µs, of which
-~200 µs is uvicorn + FastAPI's floor, as for /health) skips what buys nothing for a
-single-statement read:
+GET /prices/{symbol} is the hot read (≥ 1,000 req/s, docs/perf.md); its latest answer per
+symbol is kept briefly (RecentAnswers) and the route sends it. Through the SQLAlchemy engine
+most of a read's CPU went to building and compiling the statement, the pooled connection's
+pre-ping and transaction, and response-model validation; this path skips what buys nothing
+for a single-statement read:
 
 * no SQLAlchemy: the statements are fixed SQL (api.queries) that asyncpg prepares once per
   connection; no statement building, compiling or result wrapping per request;
@@ -25,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import orjson
@@ -40,6 +39,7 @@ logger = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 class OrjsonResponse(Response):
@@ -52,12 +52,12 @@ class OrjsonResponse(Response):
         return orjson.dumps(content)
 
 
-class RecentAnswers:
+class RecentAnswers(Generic[T]):
     """A symbol's answer reused for `ttl_s`, and fetched once for all the requests waiting on it.
 
     The hot read is one symbol asked a thousand times a second: each asking PostgreSQL costs the
-    database and the event loop far more than the answer changes. Only found rows are kept (the
-    symbols with trades, a bounded set), so requests for unknown symbols cannot grow it.
+    database and the event loop far more than the answer changes. Only found answers are kept
+    (the symbols with trades, a bounded set), so requests for unknown symbols cannot grow it.
 
     Refreshed ahead: a request that finds its answer past half its life starts the next fetch
     in the background and still gets the kept answer, so while the symbol is asked for, no
@@ -66,40 +66,35 @@ class RecentAnswers:
     `ttl_s`: past that, requests wait for the fetch, as the first one does.
     """
 
-    def __init__(self, fetch: Callable[[str], Awaitable[Row | None]], ttl_s: float) -> None:
+    def __init__(self, fetch: Callable[[str], Awaitable[T | None]], ttl_s: float) -> None:
         self._fetch = fetch
         self._ttl_s = ttl_s
-        # symbol → (monotonic time of the fetch, the row, the row as JSON)
-        self._answers: dict[str, tuple[float, Row, bytes]] = {}
-        self._fetching: dict[str, asyncio.Task[Row | None]] = {}
+        # symbol → (monotonic time of the fetch, the answer)
+        self._answers: dict[str, tuple[float, T]] = {}
+        self._fetching: dict[str, asyncio.Task[T | None]] = {}
 
-    def fresh_json(self, symbol: str) -> bytes | None:
-        """The kept answer as JSON (orjson's bytes of the row) while it is fresh, else None;
-        never waits."""
-        kept = self._fresh(symbol)
-        return None if kept is None else kept[2]
-
-    async def get(self, symbol: str) -> Row | None:
+    async def get(self, symbol: str) -> T | None:
         if self._ttl_s <= 0:
             return await self._fetch(symbol)
         kept = self._fresh(symbol)
         if kept is not None:
-            return kept[1]
+            return kept
         # Shielded: a client that goes away must not cancel the fetch the others wait for.
         return await asyncio.shield(self._refreshing(symbol))
 
-    def _fresh(self, symbol: str) -> tuple[float, Row, bytes] | None:
+    def _fresh(self, symbol: str) -> T | None:
         kept = self._answers.get(symbol)
         if kept is None:
             return None
-        age = time.monotonic() - kept[0]
+        fetched_at, answer = kept
+        age = time.monotonic() - fetched_at
         if age >= self._ttl_s:
             return None
         if age >= self._ttl_s / 2 and symbol not in self._fetching:
             self._refreshing(symbol).add_done_callback(_retrieve)
-        return kept
+        return answer
 
-    def _refreshing(self, symbol: str) -> asyncio.Task[Row | None]:
+    def _refreshing(self, symbol: str) -> asyncio.Task[T | None]:
         """The symbol's fetch in progress, started if there is none."""
         task = self._fetching.get(symbol)
         if task is None:
@@ -107,20 +102,20 @@ class RecentAnswers:
             self._fetching[symbol] = task
         return task
 
-    async def _refresh(self, symbol: str) -> Row | None:
+    async def _refresh(self, symbol: str) -> T | None:
         started = time.monotonic()
         try:
-            row = await self._fetch(symbol)
+            answer = await self._fetch(symbol)
         finally:
             del self._fetching[symbol]
-        if row is not None:
-            self._answers[symbol] = (started, row, orjson.dumps(row))
+        if answer is not None:
+            self._answers[symbol] = (started, answer)
         else:
             self._answers.pop(symbol, None)
-        return row
+        return answer
 
 
-def _retrieve(task: asyncio.Task[Row | None]) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     """A refresh ahead that failed (database down): the kept answer expires, and the requests
     after it wait for a fetch of their own, which reports the error."""
     if not task.cancelled() and task.exception() is not None:
@@ -155,17 +150,15 @@ class PriceReads:
             logger.warning("read pool did not close within %.0f s; terminating", CLOSE_TIMEOUT_S)
             self._pool.terminate()
 
-    async def latest_trade(self, symbol: str) -> Row | None:
-        """The symbol's newest stored trade, at most `latest_ttl_s` old (see RecentAnswers)."""
+    async def latest_trade(self, symbol: str) -> bytes | None:
+        """The symbol's newest stored trade as its JSON object (orjson's bytes of the row), at
+        most `latest_ttl_s` old (see RecentAnswers); None if the symbol has no trades."""
         return await self._latest.get(symbol)
 
-    def fresh_latest_json(self, symbol: str) -> bytes | None:
-        """`latest_trade(symbol)` as JSON if that is a kept fresh answer; None otherwise."""
-        return self._latest.fresh_json(symbol)
-
-    async def _fetch_latest_trade(self, symbol: str) -> Row | None:
+    async def _fetch_latest_trade(self, symbol: str) -> bytes | None:
+        # Kept encoded: a kept answer is sent many times, and encoded once.
         row = await self._pool.fetchrow(queries.LATEST_TRADE, symbol)
-        return None if row is None else dict(row)
+        return None if row is None else orjson.dumps(dict(row))
 
     async def latest_trades(self) -> list[Row]:
         return [dict(row) for row in await self._pool.fetch(queries.LATEST_TRADES)]

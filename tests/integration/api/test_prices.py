@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import main, queries, shortcut
+from api import queries
 from api.queries import Cursor
 from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from devtools.stack import LocalPostgres
@@ -100,32 +101,44 @@ async def test_latest_price_body_is_the_stored_row_as_compact_json_in_model_fiel
     )
 
 
-async def test_a_kept_answer_is_sent_exactly_as_the_route_sends_it(
-    client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+async def test_a_kept_answer_is_sent_exactly_as_the_first_answer_was(
+    client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    taken: list[bool] = []
-
-    async def recording(scope: Any, send: Any) -> bool:
-        taken.append(await shortcut.answer_from_kept(scope, send))
-        return taken[-1]
-
-    monkeypatch.setattr(main, "answer_from_kept", recording)
     await insert_trades(engine, [trade_row("BTCUSDT", 7, T0, price="67000.10000000")])
-    through_route = await client.get("/prices/BTCUSDT")  # fetches, and keeps the answer
-    from_kept = await client.get("/prices/BTCUSDT")
-    assert taken == [False, True]
-    assert from_kept.status_code == through_route.status_code == 200
-    assert from_kept.headers == through_route.headers
-    assert from_kept.content == through_route.content
-    # Requests whose answer could differ go through FastAPI, kept answer or not.
-    others = [
-        await client.get("/prices/btcusdt"),  # another spelling
-        await client.head("/prices/BTCUSDT"),  # FastAPI's 405: the routes are GET only
+    fetched = await client.get("/prices/BTCUSDT")  # asks PostgreSQL, and keeps the answer
+    kept = await client.get("/prices/BTCUSDT")
+    assert kept.status_code == fetched.status_code == 200
+    assert kept.headers == fetched.headers
+    assert kept.content == fetched.content
+    # Every spelling and request shape the route takes gets the same answer.
+    for response in (
+        await client.get("/prices/btcusdt"),
         await client.request("GET", "/prices/BTCUSDT", content=b"x" * 10),
-        await client.get("/prices/BTCUSDT/history"),
-    ]
-    assert [response.status_code for response in others] == [200, 405, 200, 200]
-    assert taken[2:] == [False] * 4
+    ):
+        assert response.status_code == 200
+        assert response.headers == fetched.headers
+        assert response.content == fetched.content
+    assert (await client.head("/prices/BTCUSDT")).status_code == 405  # the routes are GET only
+    assert (await client.get("/prices/BTCUSDT/history")).status_code == 200
+
+
+async def test_latest_price_is_never_older_than_latest_cache_ms(
+    make_settings: Callable[..., Settings], engine: AsyncEngine
+) -> None:
+    ttl_s = 1.0
+    settings = make_settings(PIPELINE_ROLES="none", API__LATEST_CACHE_MS=str(int(ttl_s * 1000)))
+    async with serve(settings) as client:
+        await insert_trades(engine, [trade_row("BTCUSDT", 1, T0)])
+        asked = time.monotonic()
+        assert (await client.get("/prices/BTCUSDT")).json()["trade_id"] == 1
+        await insert_trades(engine, [trade_row("BTCUSDT", 2, T0 + 1)])
+        inserted = time.monotonic()
+        reused = (await client.get("/prices/BTCUSDT")).json()["trade_id"]
+        if time.monotonic() < asked + ttl_s:  # answered while the first answer was fresh
+            assert reused == 1
+        await asyncio.sleep(max(inserted + ttl_s - time.monotonic(), 0))
+        # Every answer now was fetched after the second trade was committed.
+        assert (await client.get("/prices/BTCUSDT")).json()["trade_id"] == 2
 
 
 async def test_every_prices_body_has_its_response_models_fields_in_order(
