@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.probes import LagProbe, ReadinessProbe
-from api.reads import PriceReads
+from api.reads.prices import PriceReads
 from pipeline.core.settings import Settings
 from pipeline.exchange.client import ExchangeClient
 from pipeline.runtime.pipeline import PipelineControl

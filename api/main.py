@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AppState
 from api.errors import install_error_handlers, is_database_outage
 from api.probes import LagProbe, ReadinessProbe
-from api.reads import PriceReads
+from api.reads.prices import PriceReads
 from api.routes import api_router
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from api import queries
 from api.deps import ReadsDep
-from api.queries import Cursor
-from api.reads import OrjsonResponse
+from api.reads import trades
+from api.reads.prices import OrjsonResponse
+from api.reads.trades import Cursor
 from api.schemas import (
     INTERVAL_MS,
     MAX_EPOCH_MS,
@@ -168,6 +168,6 @@ async def price_candles(
         end = await reads.newest_trade_time(symbol)
     if end is not None and (start is None or start <= end):
         if start is None:
-            start = max(queries.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
+            start = max(trades.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
         items = await reads.candles(symbol, interval_ms, start, end, limit)
     return OrjsonResponse({"symbol": symbol, "interval": interval, "items": items})

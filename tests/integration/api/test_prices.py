@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import queries
-from api.queries import Cursor
+from api.reads import trades
+from api.reads.trades import Cursor
 from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from devtools.stack import LocalPostgres
 from pipeline.core.settings import Settings
@@ -401,20 +401,20 @@ async def test_price_reads_use_the_symbol_trade_time_index_on_a_large_table(
         await connection.execute(text("ANALYZE tracked_symbols"))
 
     index = "Index Scan using ix_crypto_prices_symbol_trade_time on crypto_prices"
-    latest = await _generic_plan(settings, queries.LATEST_TRADE, "'SYM7'")
+    latest = await _generic_plan(settings, trades.LATEST_TRADE, "'SYM7'")
     assert index in latest, latest
     assert "Seq Scan" not in latest, latest
 
-    every = await _generic_plan(settings, queries.LATEST_TRADES, "")
+    every = await _generic_plan(settings, trades.LATEST_TRADES, "")
     assert index in every, every
     assert "Seq Scan on crypto_prices" not in every, every
 
-    sql, args = queries.history("SYM7", T0, T0 + 10**6, Cursor(T0 + 500_000, 49_987), 101)
+    sql, args = trades.history("SYM7", T0, T0 + 10**6, Cursor(T0 + 500_000, 49_987), 101)
     page = await _generic_plan(settings, sql, ", ".join(repr(arg) for arg in args))
     assert index in page, page
     assert "Seq Scan" not in page, page
 
-    newest = await _generic_plan(settings, queries.NEWEST_TRADE_TIME, "'SYM7'")
+    newest = await _generic_plan(settings, trades.NEWEST_TRADE_TIME, "'SYM7'")
     assert index in newest, newest
 
 

@@ -7,7 +7,7 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from api.errors import is_database_outage
-from api.queries import Cursor, bucket_start
+from api.reads.trades import Cursor, bucket_start
 from api.schemas import MAX_EPOCH_MS, PipelineStatusOut, SymbolIn
 from api.security import is_loopback, key_matches
 

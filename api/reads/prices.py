@@ -30,8 +30,8 @@ import asyncpg
 import orjson
 from starlette.responses import Response
 
-from api import queries
-from api.queries import Cursor
+from api.reads import trades
+from api.reads.trades import Cursor
 from pipeline.core.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
@@ -157,27 +157,27 @@ class PriceReads:
 
     async def _fetch_latest_trade(self, symbol: str) -> bytes | None:
         # Kept encoded: a kept answer is sent many times, and encoded once.
-        row = await self._pool.fetchrow(queries.LATEST_TRADE, symbol)
+        row = await self._pool.fetchrow(trades.LATEST_TRADE, symbol)
         return None if row is None else orjson.dumps(dict(row))
 
     async def latest_trades(self) -> list[Row]:
-        return [dict(row) for row in await self._pool.fetch(queries.LATEST_TRADES)]
+        return [dict(row) for row in await self._pool.fetch(trades.LATEST_TRADES)]
 
     async def is_tracked(self, symbol: str) -> bool:
-        return bool(await self._pool.fetchval(queries.IS_TRACKED, symbol))
+        return bool(await self._pool.fetchval(trades.IS_TRACKED, symbol))
 
     async def history(
         self, symbol: str, start: int | None, end: int | None, after: Cursor | None, limit: int
     ) -> list[Row]:
-        sql, args = queries.history(symbol, start, end, after, limit)
+        sql, args = trades.history(symbol, start, end, after, limit)
         return [dict(row) for row in await self._pool.fetch(sql, *args)]
 
     async def newest_trade_time(self, symbol: str) -> int | None:
-        value = await self._pool.fetchval(queries.NEWEST_TRADE_TIME, symbol)
+        value = await self._pool.fetchval(trades.NEWEST_TRADE_TIME, symbol)
         return None if value is None else int(value)
 
     async def candles(
         self, symbol: str, interval_ms: int, start: int, end: int, limit: int
     ) -> list[Row]:
-        rows = await self._pool.fetch(queries.CANDLES, symbol, interval_ms, start, end, limit)
+        rows = await self._pool.fetch(trades.CANDLES, symbol, interval_ms, start, end, limit)
         return [dict(row) for row in rows]

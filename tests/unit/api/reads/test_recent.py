@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from api.reads import RecentAnswers
+from api.reads.prices import RecentAnswers
 
 
 class CountingFetch:
