@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import ReadsDep
-from api.reads import trades
-from api.reads.prices import OrjsonResponse
-from api.reads.trades import Cursor
+from api.reads import candles
+from api.reads.cursor import Cursor
 from api.schemas import (
     INTERVAL_MS,
     MAX_EPOCH_MS,
@@ -58,6 +58,16 @@ DB_ERRORS: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "unknown symbol, or no trades stored yet"}
 }
+
+
+class OrjsonResponse(Response):
+    """`application/json`, encoded by orjson: the same bytes as FastAPI's for these shapes
+    (compact separators; keys in insertion order; strings, ints, bools and null only)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def _query_error(name: str, message: str, value: object) -> RequestValidationError:
@@ -168,6 +178,6 @@ async def price_candles(
         end = await reads.newest_trade_time(symbol)
     if end is not None and (start is None or start <= end):
         if start is None:
-            start = max(trades.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
+            start = max(candles.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
         items = await reads.candles(symbol, interval_ms, start, end, limit)
     return OrjsonResponse({"symbol": symbol, "interval": interval, "items": items})

@@ -17,7 +17,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.reads import trades
-from api.reads.trades import Cursor
+from api.reads.cursor import Cursor
 from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from devtools.stack import LocalPostgres
 from pipeline.core.settings import Settings
@@ -299,17 +299,17 @@ def _ohlcv(rows: list[dict[str, Any]], interval_ms: int) -> list[dict[str, Any]]
         buckets.setdefault(row["trade_time"] - row["trade_time"] % interval_ms, []).append(row)
     candles = []
     for start in sorted(buckets, reverse=True):
-        trades = sorted(buckets[start], key=lambda r: (r["trade_time"], r["trade_id"]))
+        in_order = sorted(buckets[start], key=lambda r: (r["trade_time"], r["trade_id"]))
         candles.append(
             {
                 "open_time": start,
                 "close_time": start + interval_ms - 1,
-                "open": trades[0]["price"],
-                "high": max(t["price"] for t in trades),
-                "low": min(t["price"] for t in trades),
-                "close": trades[-1]["price"],
-                "volume": sum(t["quantity"] for t in trades),
-                "trades": len(trades),
+                "open": in_order[0]["price"],
+                "high": max(t["price"] for t in in_order),
+                "low": min(t["price"] for t in in_order),
+                "close": in_order[-1]["price"],
+                "volume": sum(t["quantity"] for t in in_order),
+                "trades": len(in_order),
             }
         )
     return candles

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from api.reads.prices import RecentAnswers
+from api.reads.recent import RecentAnswers
 
 
 class CountingFetch:
