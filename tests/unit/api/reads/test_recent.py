@@ -1,4 +1,4 @@
-"""RecentAnswers: the latest trade of a symbol reused briefly, fetched once for all waiting."""
+"""RecentAnswers: a symbol's latest answer reused briefly, refreshed ahead, fetched once for all."""
 
 from __future__ import annotations
 
