@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.probes import LagProbe, ReadinessProbe
-from api.reads import PriceReads
+from api.reads.prices import PriceReads
 from pipeline.core.settings import Settings
 from pipeline.exchange.client import ExchangeClient
 from pipeline.runtime.pipeline import PipelineControl
@@ -44,13 +44,8 @@ async def get_engine(request: Request) -> AsyncEngine:
     return _state(request)["engine"]
 
 
-def reads_of(request: Request) -> PriceReads:
-    """For the hottest route only, which takes `request` to skip dependency resolution."""
-    return _state(request)["reads"]
-
-
 async def get_reads(request: Request) -> PriceReads:
-    return reads_of(request)
+    return _state(request)["reads"]
 
 
 async def get_pipeline(request: Request) -> PipelineControl:

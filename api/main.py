@@ -29,9 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.probes import LagProbe, ReadinessProbe
-from api.reads import PriceReads
+from api.reads.prices import PriceReads
 from api.routes import api_router
-from api.shortcut import answer_from_kept
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging
 from pipeline.core.retry import Backoff
@@ -261,19 +260,11 @@ class StartupFailureReported:
         await self.app(scope, receive, reported)
 
 
-class Service(FastAPI):
-    """The app: FastAPI, except for the hot read's kept answers (api.shortcut)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await answer_from_kept(scope, send):
-            await super().__call__(scope, receive, send)
-
-
 def create_app(
     settings: Settings | None = None, *, database_wait_s: float = DATABASE_WAIT_S
 ) -> FastAPI:
     """The app; `settings` None loads them (YAML + environment) when the lifespan starts."""
-    app = Service(
+    app = FastAPI(
         title="crypto-streaming-pipeline",
         version=_version(),
         summary="Binance trades → Kafka → PostgreSQL, with a FastAPI control plane",

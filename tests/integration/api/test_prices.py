@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -15,8 +16,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import main, queries, shortcut
-from api.queries import Cursor
+from api.reads import trades
+from api.reads.cursor import Cursor
 from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from devtools.stack import LocalPostgres
 from pipeline.core.settings import Settings
@@ -100,32 +101,44 @@ async def test_latest_price_body_is_the_stored_row_as_compact_json_in_model_fiel
     )
 
 
-async def test_a_kept_answer_is_sent_exactly_as_the_route_sends_it(
-    client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+async def test_a_kept_answer_is_sent_exactly_as_the_first_answer_was(
+    client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    taken: list[bool] = []
-
-    async def recording(scope: Any, send: Any) -> bool:
-        taken.append(await shortcut.answer_from_kept(scope, send))
-        return taken[-1]
-
-    monkeypatch.setattr(main, "answer_from_kept", recording)
     await insert_trades(engine, [trade_row("BTCUSDT", 7, T0, price="67000.10000000")])
-    through_route = await client.get("/prices/BTCUSDT")  # fetches, and keeps the answer
-    from_kept = await client.get("/prices/BTCUSDT")
-    assert taken == [False, True]
-    assert from_kept.status_code == through_route.status_code == 200
-    assert from_kept.headers == through_route.headers
-    assert from_kept.content == through_route.content
-    # Requests whose answer could differ go through FastAPI, kept answer or not.
-    others = [
-        await client.get("/prices/btcusdt"),  # another spelling
-        await client.head("/prices/BTCUSDT"),  # FastAPI's 405: the routes are GET only
+    fetched = await client.get("/prices/BTCUSDT")  # asks PostgreSQL, and keeps the answer
+    kept = await client.get("/prices/BTCUSDT")
+    assert kept.status_code == fetched.status_code == 200
+    assert kept.headers == fetched.headers
+    assert kept.content == fetched.content
+    # Every spelling and request shape the route takes gets the same answer.
+    for response in (
+        await client.get("/prices/btcusdt"),
         await client.request("GET", "/prices/BTCUSDT", content=b"x" * 10),
-        await client.get("/prices/BTCUSDT/history"),
-    ]
-    assert [response.status_code for response in others] == [200, 405, 200, 200]
-    assert taken[2:] == [False] * 4
+    ):
+        assert response.status_code == 200
+        assert response.headers == fetched.headers
+        assert response.content == fetched.content
+    assert (await client.head("/prices/BTCUSDT")).status_code == 405  # the routes are GET only
+    assert (await client.get("/prices/BTCUSDT/history")).status_code == 200
+
+
+async def test_latest_price_is_never_older_than_latest_cache_ms(
+    make_settings: Callable[..., Settings], engine: AsyncEngine
+) -> None:
+    ttl_s = 1.0
+    settings = make_settings(PIPELINE_ROLES="none", API__LATEST_CACHE_MS=str(int(ttl_s * 1000)))
+    async with serve(settings) as client:
+        await insert_trades(engine, [trade_row("BTCUSDT", 1, T0)])
+        asked = time.monotonic()
+        assert (await client.get("/prices/BTCUSDT")).json()["trade_id"] == 1
+        await insert_trades(engine, [trade_row("BTCUSDT", 2, T0 + 1)])
+        inserted = time.monotonic()
+        reused = (await client.get("/prices/BTCUSDT")).json()["trade_id"]
+        if time.monotonic() < asked + ttl_s:  # answered while the first answer was fresh
+            assert reused == 1
+        await asyncio.sleep(max(inserted + ttl_s - time.monotonic(), 0))
+        # Every answer now was fetched after the second trade was committed.
+        assert (await client.get("/prices/BTCUSDT")).json()["trade_id"] == 2
 
 
 async def test_every_prices_body_has_its_response_models_fields_in_order(
@@ -286,17 +299,17 @@ def _ohlcv(rows: list[dict[str, Any]], interval_ms: int) -> list[dict[str, Any]]
         buckets.setdefault(row["trade_time"] - row["trade_time"] % interval_ms, []).append(row)
     candles = []
     for start in sorted(buckets, reverse=True):
-        trades = sorted(buckets[start], key=lambda r: (r["trade_time"], r["trade_id"]))
+        in_order = sorted(buckets[start], key=lambda r: (r["trade_time"], r["trade_id"]))
         candles.append(
             {
                 "open_time": start,
                 "close_time": start + interval_ms - 1,
-                "open": trades[0]["price"],
-                "high": max(t["price"] for t in trades),
-                "low": min(t["price"] for t in trades),
-                "close": trades[-1]["price"],
-                "volume": sum(t["quantity"] for t in trades),
-                "trades": len(trades),
+                "open": in_order[0]["price"],
+                "high": max(t["price"] for t in in_order),
+                "low": min(t["price"] for t in in_order),
+                "close": in_order[-1]["price"],
+                "volume": sum(t["quantity"] for t in in_order),
+                "trades": len(in_order),
             }
         )
     return candles
@@ -388,20 +401,20 @@ async def test_price_reads_use_the_symbol_trade_time_index_on_a_large_table(
         await connection.execute(text("ANALYZE tracked_symbols"))
 
     index = "Index Scan using ix_crypto_prices_symbol_trade_time on crypto_prices"
-    latest = await _generic_plan(settings, queries.LATEST_TRADE, "'SYM7'")
+    latest = await _generic_plan(settings, trades.LATEST_TRADE, "'SYM7'")
     assert index in latest, latest
     assert "Seq Scan" not in latest, latest
 
-    every = await _generic_plan(settings, queries.LATEST_TRADES, "")
+    every = await _generic_plan(settings, trades.LATEST_TRADES, "")
     assert index in every, every
     assert "Seq Scan on crypto_prices" not in every, every
 
-    sql, args = queries.history("SYM7", T0, T0 + 10**6, Cursor(T0 + 500_000, 49_987), 101)
+    sql, args = trades.history("SYM7", T0, T0 + 10**6, Cursor(T0 + 500_000, 49_987), 101)
     page = await _generic_plan(settings, sql, ", ".join(repr(arg) for arg in args))
     assert index in page, page
     assert "Seq Scan" not in page, page
 
-    newest = await _generic_plan(settings, queries.NEWEST_TRADE_TIME, "'SYM7'")
+    newest = await _generic_plan(settings, trades.NEWEST_TRADE_TIME, "'SYM7'")
     assert index in newest, newest
 
 

@@ -1,4 +1,4 @@
-"""Pure validation logic of the API: symbols, cursors, access control.
+"""Pure validation logic of the API: symbols, access control.
 
 Which database errors answer 503: tests/unit/storage/test_outage.py."""
 
@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from api.queries import Cursor, bucket_start
-from api.schemas import MAX_EPOCH_MS, SymbolIn
+from api.schemas import SymbolIn
 from api.security import is_loopback, key_matches
 
 
@@ -28,38 +27,6 @@ def test_symbols_are_case_insensitive_on_input_and_upper_case_after(
 def test_symbols_outside_the_binance_shape_are_rejected(bad: str) -> None:
     with pytest.raises(ValidationError):
         SymbolIn(symbol=bad)
-
-
-def test_a_cursor_round_trips_through_its_opaque_encoding() -> None:
-    cursor = Cursor(trade_time=1_764_000_000_123, trade_id=4_012_345_678)
-    encoded = cursor.encode()
-    assert "," not in encoded and "=" not in encoded
-    assert Cursor.decode(encoded) == cursor
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "",
-        "not base64!",
-        "YSxi",  # "a,b"
-        "MTIz",  # "123": no separator
-        "LTEsMg",  # "-1,2"
-        Cursor(MAX_EPOCH_MS + 1, 1).encode(),
-        Cursor(1, 2**63).encode(),
-        Cursor(1, 2).encode() + "==",  # another spelling of a valid cursor
-        "MSwy" * 20,  # too long
-        "é",
-    ],
-)
-def test_cursors_this_api_did_not_issue_are_rejected(bad: str) -> None:
-    with pytest.raises(ValueError, match="invalid cursor"):
-        Cursor.decode(bad)
-
-
-def test_buckets_start_at_a_multiple_of_the_interval() -> None:
-    assert bucket_start(1_764_000_061_999, 60_000) == 1_764_000_060_000
-    assert bucket_start(1_764_000_060_000, 60_000) == 1_764_000_060_000
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""RecentAnswers: the latest trade of a symbol reused briefly, fetched once for all waiting."""
+"""RecentAnswers: a symbol's latest answer reused briefly, refreshed ahead, fetched once for all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from api.reads import RecentAnswers
+from api.reads.recent import RecentAnswers
 
 
 class CountingFetch:
@@ -90,23 +90,6 @@ async def test_ttl_zero_asks_every_time() -> None:
     assert fetch.calls == ["BTCUSDT", "BTCUSDT"]
 
 
-async def test_fresh_json_is_the_kept_answer_encoded_and_only_while_fresh() -> None:
-    fetch = CountingFetch()
-    answers = RecentAnswers(fetch, ttl_s=0.1)
-    assert answers.fresh_json("BTCUSDT") is None  # nothing kept yet: never fetches itself
-    await answers.get("BTCUSDT")
-    assert answers.fresh_json("BTCUSDT") == b'{"symbol":"BTCUSDT","version":0}'
-    await asyncio.sleep(0.12)
-    assert answers.fresh_json("BTCUSDT") is None
-    assert fetch.calls == ["BTCUSDT"]
-
-
-async def test_ttl_zero_keeps_no_answer_to_reuse() -> None:
-    answers = RecentAnswers(CountingFetch(), ttl_s=0.0)
-    await answers.get("BTCUSDT")
-    assert answers.fresh_json("BTCUSDT") is None
-
-
 async def test_past_half_its_life_an_answer_is_refreshed_ahead_without_making_anyone_wait() -> None:
     fetch = CountingFetch(delay_s=0.05)
     answers = RecentAnswers(fetch, ttl_s=0.2)
@@ -115,7 +98,6 @@ async def test_past_half_its_life_an_answer_is_refreshed_ahead_without_making_an
     await asyncio.sleep(0.11)  # past half of the ttl
     waited = asyncio.get_running_loop().time()
     assert await answers.get("BTCUSDT") == {"symbol": "BTCUSDT", "version": 0}
-    assert answers.fresh_json("BTCUSDT") == b'{"symbol":"BTCUSDT","version":0}'
     assert asyncio.get_running_loop().time() - waited < 0.01  # served at once
     await asyncio.sleep(0.07)  # the refresh ahead has landed
     assert await answers.get("BTCUSDT") == {"symbol": "BTCUSDT", "version": 1}
