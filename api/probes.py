@@ -10,7 +10,7 @@ import time
 from aiokafka import AIOKafkaClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.schemas import CheckOut, ReadinessOut
+from api.schemas.health import CheckOut, ReadinessOut
 from pipeline.core import metrics
 from pipeline.core.settings import KafkaSettings
 from pipeline.kafka.admin import ConsumerLag, consumer_lag

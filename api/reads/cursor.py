@@ -6,7 +6,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from api.schemas import MAX_EPOCH_MS, MAX_TRADE_ID
+from api.schemas.common import MAX_EPOCH_MS, MAX_TRADE_ID
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from api.deps import ReadinessDep
-from api.schemas import HealthOut, NotReadyOut, ReadinessOut
+from api.schemas.health import HealthOut, NotReadyOut, ReadinessOut
 
 router = APIRouter(tags=["health"])
 

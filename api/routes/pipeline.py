@@ -6,7 +6,8 @@ from fastapi import APIRouter, HTTPException, status
 
 from api.deps import LagDep, PipelineDep
 from api.probes import KafkaUnreachable
-from api.schemas import ConsumerLagOut, ErrorOut, PartitionLagOut
+from api.schemas.common import ErrorOut
+from api.schemas.pipeline import ConsumerLagOut, PartitionLagOut
 from pipeline.core.status import PipelineStatus
 
 router = APIRouter(tags=["pipeline"])

@@ -11,14 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from api.deps import ReadsDep
 from api.reads import candles
 from api.reads.cursor import Cursor
-from api.schemas import (
+from api.schemas.common import MAX_EPOCH_MS, ErrorOut, SymbolInput
+from api.schemas.prices import (
     INTERVAL_MS,
-    MAX_EPOCH_MS,
     CandlesOut,
-    ErrorOut,
     Interval,
     LatestPricesOut,
-    SymbolInput,
     TradeOut,
     TradePageOut,
 )

@@ -11,12 +11,11 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Response, sta
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import ExchangeDep, RegistryDep, SettingsDep
-from api.schemas import (
-    ErrorOut,
+from api.schemas.common import ErrorOut, SymbolInput
+from api.schemas.symbols import (
     ExchangeCheck,
     SymbolChangeOut,
     SymbolIn,
-    SymbolInput,
     SymbolsOut,
     TrackedSymbolOut,
 )

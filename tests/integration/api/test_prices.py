@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.reads import trades
 from api.reads.cursor import Cursor
-from api.schemas import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
+from api.schemas.prices import CandleOut, CandlesOut, LatestPricesOut, TradeOut, TradePageOut
 from devtools.stack import LocalPostgres
 from pipeline.core.settings import Settings
 from pipeline.storage.tables import tracked_symbols

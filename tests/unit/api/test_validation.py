@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from api.schemas import SymbolIn
+from api.schemas.symbols import SymbolIn
 from api.security import is_loopback, key_matches
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.reads.cursor import Cursor
-from api.schemas import MAX_EPOCH_MS
+from api.schemas.common import MAX_EPOCH_MS
 
 
 def test_a_cursor_round_trips_through_its_opaque_encoding() -> None:
