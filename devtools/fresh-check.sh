@@ -40,13 +40,15 @@ in_chroot() { # in_chroot DIR SCRIPT: a login-less shell with a bare environment
     SSL_CERT_FILE=/root/ca.crt REQUESTS_CA_BUNDLE=/root/ca.crt chroot "$1" /bin/bash -c "$2"
 }
 
-demo_until_price() { # demo_until_price DIR LABEL: run `make demo`, wait for a price, stop it
+demo_until_price() { # demo_until_price DIR LABEL: run `make demo`, wait for a new price, stop it
   local dir=$1 label=$2 start
   start=$(date +%s)
+  # A trade of this run: the table keeps the last run's trades, so an older price proves nothing.
   in_chroot "$dir" "cd /root/app && exec make demo PORT=$PORT SIM_PORT=$SIM_PORT" >"$WORK/demo-$label.log" 2>&1 &
   local demo=$!
   for _ in $(seq 1 1200); do
-    if price=$(curl -sf "127.0.0.1:$PORT/prices/BTCUSDT" 2>/dev/null); then
+    if price=$(curl -sf "127.0.0.1:$PORT/prices/BTCUSDT" 2>/dev/null) &&
+      python3 -c 'import json, sys; sys.exit(json.loads(sys.argv[1])["trade_time"] < int(sys.argv[2]) * 1000)' "$price" "$start"; then
       say "$label: make demo answered a price after $(($(date +%s) - start)) s: $price"
       break
     fi
