@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=$ROOT/.stack/fresh
-SUITES=${FRESH_SUITES:-bookworm trixie}
+SUITES=${FRESH_SUITES-bookworm trixie}  # FRESH_SUITES= (empty): only the wheel check
 PORT=${FRESH_PORT:-18000}
 SIM_PORT=${FRESH_SIM_PORT:-19443}
 CA=${SSL_CERT_FILE:-${REQUESTS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}
