@@ -24,6 +24,11 @@ class SimulatorConfig:
     ping_interval_s: float = 20.0
     history_size: int = 100_000  # trades kept per symbol for historicalTrades
     max_pending_frames: int = 10_000  # per-connection outbox bound (slow-consumer cut-off)
+    # REST lags the stream: historicalTrades and trades serve only trades at least this old.
+    rest_lag_s: float = 0.0
+    # A trade happens on each symbol a connection subscribes to, as it subscribes: like a busy
+    # market, a new connection has a frame waiting the moment it opens.
+    trade_on_subscribe: bool = False
     seed: int = 0
     start_trade_id: int = 1_000_000
 
@@ -36,3 +41,5 @@ class SimulatorConfig:
                 raise ValueError(f"{name}: must be between 0 and 1")
         if self.rate_per_symbol < 0 or self.burst_size < 0:
             raise ValueError("rate_per_symbol and burst_size: must not be negative")
+        if self.rest_lag_s < 0:
+            raise ValueError("rest_lag_s: must not be negative")

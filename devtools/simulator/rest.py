@@ -34,8 +34,9 @@ class _ApiError(Exception):
         self.body = {"code": code, "msg": msg}
 
 
-def answer(target: str, markets: Mapping[str, Market]) -> Answer | None:
-    """Answer a GET of `target` (path and query), or None when the path is not an endpoint."""
+def answer(target: str, markets: Mapping[str, Market], rest_lag_s: float = 0.0) -> Answer | None:
+    """Answer a GET of `target` (path and query), or None when the path is not an endpoint.
+    Trade endpoints see only trades at least `rest_lag_s` old (a REST view behind the stream)."""
     url = urlsplit(target)
     params = dict(parse_qsl(url.query, keep_blank_values=True))
     try:
@@ -46,23 +47,32 @@ def answer(target: str, markets: Mapping[str, Market]) -> Answer | None:
         if url.path == "/api/v3/exchangeInfo":
             return 200, _exchange_info(params, markets)
         if url.path == "/api/v3/historicalTrades":
-            return 200, _trades(params, markets, _int(params, "fromId"))
+            return 200, _trades(params, markets, _int(params, "fromId"), rest_lag_s)
         if url.path == "/api/v3/trades":
-            return 200, _trades(params, markets, None)
+            return 200, _trades(params, markets, None, rest_lag_s)
     except _ApiError as exc:
         return 400, exc.body
     return None
 
 
 def _trades(
-    params: Mapping[str, str], markets: Mapping[str, Market], from_id: int | None
+    params: Mapping[str, str], markets: Mapping[str, Market], from_id: int | None, lag_s: float
 ) -> list[dict[str, object]]:
-    """historicalTrades (from_id given: oldest first from it) or the most recent trades."""
+    """historicalTrades (from_id given: oldest first from it) or the most recent trades, of
+    those at least `lag_s` old."""
     market = _market(params.get("symbol", ""), markets)
     limit = _int(params, "limit")
     limit = DEFAULT_TRADES_LIMIT if limit is None else max(1, min(limit, MAX_TRADES_LIMIT))
-    trades = market.recent(limit) if from_id is None else market.trades_from(from_id, limit)
-    return [_trade_json(t) for t in trades]
+    cutoff_ms = time.time_ns() // 1_000_000 - int(lag_s * 1000)
+    if from_id is not None:
+        trades = market.trades_from(from_id, limit)
+    else:
+        newer = 0  # the newest trades are not visible yet; the tape is in time order
+        while newer < len(market.history) and market.history[-1 - newer].time > cutoff_ms:
+            newer += 1
+        recent = market.recent(limit + newer)
+        trades = recent[: len(recent) - newer]
+    return [_trade_json(t) for t in trades if t.time <= cutoff_ms]
 
 
 def _trade_json(trade: Trade) -> dict[str, object]:

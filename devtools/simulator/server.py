@@ -248,7 +248,7 @@ class BinanceSimulator:
         """Answer REST paths here; let WS paths with valid streams through to the handshake."""
         path = urlsplit(request.path).path
         if path.startswith("/api/"):
-            answer = rest.answer(request.path, self._markets)
+            answer = rest.answer(request.path, self._markets, self.config.rest_lag_s)
             if answer is None:
                 return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
             return _json_response(*answer)
@@ -283,11 +283,16 @@ class BinanceSimulator:
             await asyncio.gather(writer, return_exceptions=True)
 
     def _subscribe(self, client: Subscriber, streams: Iterable[str]) -> None:
+        traded: list[str] = []
         for stream in streams:
             client.streams[stream] = None
             if stream.endswith(TRADE_SUFFIX):
                 symbol = stream.removesuffix(TRADE_SUFFIX).upper()
                 self._subscribers.setdefault(symbol, set()).add(client)
+                if symbol in self._markets:
+                    traded.append(symbol)
+        if self.config.trade_on_subscribe and traded:
+            self.emit(1, traded)
 
     def _unsubscribe(self, client: Subscriber, streams: Iterable[str]) -> None:
         for stream in streams:

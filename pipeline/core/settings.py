@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -152,6 +153,10 @@ class BinanceSettings(_Section):
     # Gap backfill on reconnect and after a restart, bounded per symbol.
     backfill_max_trades: NonNegativeInt = 50_000
     backfill_max_age_s: NonNegativeInt = 3_600
+    # Exchange REST can be seconds behind its own stream: a page that ends before ids the
+    # stream already passed is asked again (with backoff) until the gap is this old; only then
+    # are the ids recorded as an exchange gap. 0: recorded at once.
+    gap_max_age_s: NonNegativeFloat = 60.0
     rest_timeout_s: PositiveFloat = 10.0
     verify_symbols: bool = True
     # REST request weight we allow ourselves per minute (Binance: 6000/IP; historicalTrades

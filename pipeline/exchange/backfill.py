@@ -7,6 +7,12 @@ publishes the trades through the same publisher as the live ones (the sink is id
 overlaps are harmless). Ids the exchange does not have are recorded as exchange gaps — counted,
 logged once, visible in the status — and never asked for again.
 
+A page that ends short of the gap is not proof of that: every id of a gap is below a trade the
+stream already delivered, so the exchange has it, but its REST view can lag its stream by
+seconds. Such a page is asked again (jittered backoff, through the same REST weight budget) until
+it reaches the gap's end or the gap is `gap_max_age_s` old; only then are the ids still missing an
+exchange gap. Ids missing *below* one the exchange returned are a hole at once.
+
 Bounds per gap: at most `backfill_max_trades` (the newest ones) and nothing older than
 `backfill_max_age_s`; 0 in either turns backfill off. REST pacing is the ExchangeClient's.
 """
@@ -42,6 +48,7 @@ logger = logging.getLogger(__name__)
 RECENT_EXCHANGE_GAPS = 100  # how many exchange gaps the status keeps
 GAP_LOG_INTERVAL_S = 10.0  # per symbol: a feed of bad frames means a gap per frame
 RETRY_BACKOFF_S = (1.0, 60.0)  # while REST is unavailable
+BEHIND_BACKOFF_S = (1.0, 10.0)  # while REST has not caught up with the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,8 @@ class Page:
     invalid: list[tuple[bytes, str]] = field(default_factory=list)
     missing: list[tuple[int, int]] = field(default_factory=list)
     too_old: int = 0
+    # The page ended short, inside the gap: REST has not caught up to next_id..last_id yet.
+    behind: bool = False
 
 
 def merge_gaps(queued: Gap, new: Gap, max_trades: int) -> Gap | None:
@@ -128,12 +137,15 @@ def absorb_page(
         if item_id > expected:
             page.missing.append((expected, item_id - 1))
         expected = item_id + 1
-    # The exchange has nothing more in range if the page came back short or went past it; a
-    # page without progress means the same (and must not be asked again).
-    exhausted = len(items) < requested or highest >= last_id or expected == first_id
-    if exhausted and expected <= last_id:
-        page.missing.append((expected, last_id))
-        expected = last_id + 1
+    if expected <= last_id:
+        if highest >= last_id or (len(items) >= requested and expected == first_id):
+            # The exchange has later ids, so it will never have these; a full page without
+            # progress means the same (and must not be asked again).
+            page.missing.append((expected, last_id))
+            expected = last_id + 1
+        elif len(items) < requested:
+            # REST ends before ids the stream already passed: it lags, these may come later.
+            page.behind = True
     page.next_id = expected
     return page
 
@@ -252,8 +264,9 @@ class Backfiller:
 
     async def _fill(self, gap: Gap) -> None:
         started = time.monotonic()
-        next_id, pages, published = gap.first_id, 0, 0
+        next_id, pages, published, waits = gap.first_id, 0, 0, 0
         backoff = Backoff(*RETRY_BACKOFF_S)
+        behind = Backoff(*BEHIND_BACKOFF_S)
         while next_id <= gap.last_id:
             if bound_gap(gap, 1, self._settings.backfill_max_age_s, _now_ms()) is None:
                 self._skip(gap, gap.last_id - next_id + 1, "older than backfill_max_age_s")
@@ -281,8 +294,21 @@ class Backfiller:
                 _now_ms(),
             )
             published += await self._apply(gap.symbol, page, len(items))
+            if page.next_id > next_id:
+                behind.reset()  # REST is catching up: look again soon
             next_id, pages = page.next_id, pages + 1
             self._progress[gap.symbol] = next_id - gap.first_id
+            if page.behind:
+                wait = self._wait_for_rest(gap, next_id, behind)
+                if wait is None:
+                    self._record_exchange_gap(
+                        ExchangeGap(gap.symbol, next_id, gap.last_id),
+                        "REST did not catch up within gap_max_age_s",
+                    )
+                    break
+                waits += 1
+                await asyncio.sleep(wait)
+                continue
             if pages % self._settings.backfill_progress_pages == 0 and next_id <= gap.last_id:
                 logger.info(
                     "backfill progress symbol=%s done=%d total=%d",
@@ -290,17 +316,36 @@ class Backfiller:
                     next_id - gap.first_id,
                     gap.size,
                 )
-        # Single-page gaps can be frequent: only long backfills are worth an INFO line.
+        # Single-page gaps can be frequent (and so can a wait for REST after each reconnect):
+        # only long backfills are worth an INFO line.
         logger.log(
-            logging.INFO if pages > 1 else logging.DEBUG,
-            "backfill done symbol=%s first_id=%d last_id=%d published=%d pages=%d seconds=%.2f",
+            logging.INFO if pages - waits > 1 else logging.DEBUG,
+            "backfill done symbol=%s first_id=%d last_id=%d published=%d pages=%d"
+            " waits_for_rest=%d seconds=%.2f",
             gap.symbol,
             gap.first_id,
             gap.last_id,
             published,
             pages,
+            waits,
             time.monotonic() - started,
         )
+
+    def _wait_for_rest(self, gap: Gap, next_id: int, backoff: Backoff) -> float | None:
+        """How long to wait before asking REST again for next_id..; None once the gap is older
+        than gap_max_age_s. The last wait ends at that age, so the last request comes after it."""
+        left_s = self._settings.gap_max_age_s - (_now_ms() - gap.seen_time_ms) / 1000
+        if left_s <= 0:
+            return None
+        delay = min(backoff.next_delay(), left_s)
+        logger.debug(
+            "backfill waiting for REST to catch up symbol=%s next_id=%d last_id=%d in_s=%.2f",
+            gap.symbol,
+            next_id,
+            gap.last_id,
+            delay,
+        )
+        return delay
 
     async def _apply(self, symbol: str, page: Page, received: int) -> int:
         """Publish a page's trades, dead-letter its invalid items, record what REST lacks."""
@@ -316,16 +361,17 @@ class Backfiller:
             metrics.TRADES_BACKFILLED.labels(symbol).inc(len(page.trades))
         self.trades_skipped += page.too_old
         for first_id, last_id in page.missing:
-            self._record_exchange_gap(ExchangeGap(symbol, first_id, last_id))
+            self._record_exchange_gap(ExchangeGap(symbol, first_id, last_id), "REST has no trades")
         return len(page.trades)
 
-    def _record_exchange_gap(self, gap: ExchangeGap) -> None:
+    def _record_exchange_gap(self, gap: ExchangeGap, reason: str) -> None:
         size = gap.last_id - gap.first_id + 1
         self.exchange_gap_trades += size
         self._exchange_gaps.append(gap)
         metrics.EXCHANGE_GAPS.labels(gap.symbol).inc(size)
         logger.warning(
-            "exchange gap: REST has no trades symbol=%s first_id=%d last_id=%d size=%d",
+            "exchange gap: %s symbol=%s first_id=%d last_id=%d size=%d",
+            reason,
             gap.symbol,
             gap.first_id,
             gap.last_id,

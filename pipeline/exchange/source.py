@@ -214,6 +214,7 @@ class BinanceSource:
     async def _take(self, event: TradeEvent) -> None:
         """A valid trade: id bookkeeping (a jump schedules a backfill), then publish."""
         self._valid += 1
+        advanced = False
         state = self._states.get(event.symbol)
         if state is None:
             # Still in flight after an UNSUBSCRIBE: a valid trade all the same, so publish it.
@@ -229,15 +230,31 @@ class BinanceSource:
                     )
                 state.last_id = trade_id
                 state.last_time = event.trade_time
+                advanced = True
             # trade_id <= last: a duplicate or replay; published (the sink dedupes), last stays.
         try:
             await self._publisher.publish(event)
         except asyncio.CancelledError:
-            # The connection closed (watchdog, rotation, shutdown) while backpressure held this
-            # trade: it was never accepted, so the next live trade's gap must include it.
-            if state is not None and state.last_id == event.trade_id:
-                state.last_id = event.trade_id - 1
+            # A replay's (not advanced) id was taken by an earlier copy; only a new id matters.
+            if advanced and state is not None:
+                self._unpublished(event, state)
             raise
+
+    def _unpublished(self, event: TradeEvent, state: _SymbolState) -> None:
+        """The connection closed (watchdog, rotation, shutdown) while backpressure held `event`:
+        it was never accepted, so it must be fetched again."""
+        trade_id = event.trade_id
+        if state.last_id == trade_id:
+            # Still the newest: the next live trade's gap will include it.
+            state.last_id = trade_id - 1
+        elif (
+            state.last_id is not None
+            and state.last_id > trade_id
+            and self._states.get(event.symbol) is state
+        ):
+            # Another reader (the new socket of a rotation) has already taken a later trade, and
+            # its gap starts after this one: nothing else would ever ask for it.
+            self._backfiller.schedule(event.symbol, trade_id, trade_id, event.trade_time)
 
     async def _reject(self, raw: bytes, reason: str, *, counted: bool = False) -> None:
         if not counted:

@@ -310,6 +310,30 @@ async def test_historical_trades_from_id_returns_the_tape_contiguously(
     assert [t["id"] for t in latest] == list(range(START + 700, START + 1200)), "newest 500"
 
 
+async def test_rest_lag_serves_only_trades_older_than_the_lag(exchange: StartExchange) -> None:
+    lag = 0.3
+    sim = await exchange(rest_lag_s=lag)
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+
+        async def ids(path: str, **params: str | int) -> list[int]:
+            response = await http.get(path, params={"symbol": "BTCUSDT", **params})
+            assert response.status_code == 200
+            return [t["id"] for t in response.json()]
+
+        sim.emit(5, ["BTCUSDT"])
+        assert await ids("/api/v3/historicalTrades", fromId=START) == []
+        assert await ids("/api/v3/trades") == []
+        await asyncio.sleep(lag + 0.05)
+        sim.emit(3, ["BTCUSDT"])  # on the stream now, not yet on REST
+        older = list(range(START, START + 5))
+        assert await ids("/api/v3/historicalTrades", fromId=START) == older
+        assert await ids("/api/v3/trades", limit=2) == older[-2:], "the newest visible ones"
+        await asyncio.sleep(lag + 0.05)
+        assert await ids("/api/v3/historicalTrades", fromId=START) == list(range(START, START + 8))
+    with pytest.raises(ValueError, match="rest_lag_s"):
+        SimulatorConfig(rest_lag_s=-1.0)
+
+
 @pytest.mark.parametrize(
     ("params", "code"),
     [
@@ -398,6 +422,23 @@ async def test_duplicates_are_byte_identical_resends(exchange: StartExchange) ->
     repeated = [i for i in range(1, len(frames)) if ids[i] == ids[i - 1]]
     assert all(frames[i] == frames[i - 1] for i in repeated)
     assert len(repeated) == len(frames) - 200, "a resend follows its original"
+
+
+async def test_trade_on_subscribe_gives_a_new_connection_a_frame_at_once(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(trade_on_subscribe=True)
+    async with await subscribe(sim, "/ws/btcusdt@trade") as first:
+        assert (await recv_json(first))["t"] == START
+        async with await subscribe(sim, "/ws") as second:
+            await second.send('{"method":"SUBSCRIBE","params":["ethusdt@trade"],"id":1}')
+            trade, reply = await recv_json(second), await recv_json(second)
+            assert (trade["s"], reply) == ("ETHUSDT", {"result": None, "id": 1})
+            async with await subscribe(sim, "/ws/btcusdt@trade") as third:
+                assert (await recv_json(third))["t"] == START + 1
+            assert (await recv_json(first))["t"] == START + 1  # a trade like any other
+    emitted = sim.trades_emitted()
+    assert (emitted["BTCUSDT"], emitted["ETHUSDT"]) == ({START, START + 1}, {START})
 
 
 @pytest.mark.parametrize("abrupt", [False, True], ids=["close-frame", "tcp-reset"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import islice
 from typing import Any, cast
 
 import pytest
@@ -34,12 +35,20 @@ def page(first: int, last: int, requested: int, ids: list[int], cutoff: int = 0)
 
 
 class TapeExchange:
-    """historicalTrades over a tape that lacks `holes`; `failures` are raised first, in order."""
+    """historicalTrades over a tape that lacks `holes`; `failures` are raised first, in order.
+    REST serves ids up to `horizon` only (None: all), as when it lags the stream."""
 
-    def __init__(self, holes: set[int] | None = None, failures: list[Exception] | None = None):
+    def __init__(
+        self,
+        holes: set[int] | None = None,
+        failures: list[Exception] | None = None,
+        horizon: int | None = None,
+    ):
         self.holes = holes or set()
         self.failures = failures or []
+        self.horizon = horizon
         self.calls: list[tuple[int | None, int]] = []
+        self.called_at: list[float] = []
         self.active = 0
         self.most_active = 0
 
@@ -47,14 +56,16 @@ class TapeExchange:
         self, symbol: str, from_id: int | None, limit: int = 1000
     ) -> list[dict[str, Any]]:
         self.calls.append((from_id, limit))
+        self.called_at.append(time.monotonic())
         if self.failures:
             raise self.failures.pop(0)
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         await asyncio.sleep(0.001)
         self.active -= 1
-        ids = (i for i in range(from_id or 0, 10**9) if i not in self.holes)
-        return [item(next(ids)) for _ in range(limit)]
+        end = 10**9 if self.horizon is None else self.horizon + 1
+        ids = (i for i in range(from_id or 0, end) if i not in self.holes)
+        return [item(i) for i in islice(ids, limit)]
 
 
 def backfiller(exchange: TapeExchange, **settings: Any) -> tuple[Backfiller, CollectingPublisher]:
@@ -89,14 +100,22 @@ def test_ids_missing_inside_a_page_are_exchange_gaps() -> None:
     assert result.next_id == 16
 
 
-def test_short_page_means_the_exchange_has_nothing_more_in_the_gap() -> None:
+def test_short_page_ending_inside_the_gap_means_rest_is_behind_the_stream() -> None:
+    # Ids below 12 are a hole (the exchange has 12); 14..20 may not have reached REST yet.
     result = page(10, 20, 11, [12, 13])
-    assert result.missing == [(10, 11), (14, 20)]
-    assert result.next_id == 21
+    assert result.missing == [(10, 11)]
+    assert (result.behind, result.next_id) == (True, 14)
 
 
-def test_empty_page_marks_the_whole_gap_missing() -> None:
-    assert page(10, 20, 11, []).missing == [(10, 20)]
+def test_empty_page_leaves_the_whole_gap_to_ask_again() -> None:
+    result = page(10, 20, 11, [])
+    assert (result.missing, result.behind, result.next_id) == ([], True, 10)
+
+
+def test_short_page_reaching_past_the_gap_marks_what_it_lacks_missing() -> None:
+    result = page(10, 20, 11, [18, 21])
+    assert result.missing == [(10, 17), (19, 20)]
+    assert (result.behind, result.next_id) == (False, 21)
 
 
 def test_trades_past_the_gap_are_ignored() -> None:
@@ -107,7 +126,7 @@ def test_trades_past_the_gap_are_ignored() -> None:
 
 def test_a_page_that_makes_no_progress_ends_the_gap_instead_of_looping() -> None:
     result = page(10, 20, 2, [3, 4])
-    assert (result.missing, result.next_id) == ([(10, 20)], 21)
+    assert (result.missing, result.behind, result.next_id) == ([(10, 20)], False, 21)
 
 
 def test_invalid_rest_item_is_dead_lettered_and_not_counted_missing() -> None:
@@ -231,3 +250,55 @@ async def test_cancel_forgets_the_symbols_pending_gaps() -> None:
     assert filler.status().in_progress == {}
     assert len(publisher.events) < 5000
     await filler.close()
+
+
+async def test_gap_rest_has_not_caught_up_with_is_asked_again_until_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backfill, "BEHIND_BACKOFF_S", (0.01, 0.02))
+    exchange = TapeExchange(horizon=4)  # REST has 3 and 4; the stream has delivered 10
+    filler, publisher = backfiller(exchange)
+    filler.schedule("BTCUSDT", 3, 9, _now_ms())
+    await asyncio.sleep(0.1)
+    assert filler.status().in_progress == {"BTCUSDT": 5}
+    exchange.horizon = None  # REST catches up
+    await drain(filler)
+    assert exchange.calls[0] == (3, 7)
+    assert set(exchange.calls[1:]) == {(5, 5)} and len(exchange.calls) > 2
+    assert sorted(e.trade_id for e in publisher.events) == list(range(3, 10))
+    status = filler.status()
+    assert (status.exchange_gap_trades, status.exchange_gaps) == (0, ())
+
+
+async def test_gap_rest_never_catches_up_with_is_an_exchange_gap_once_gap_max_age_passed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The default backoff's first wait (1 s) is cut to the gap's age bound.
+    exchange = TapeExchange(horizon=4)
+    filler, publisher = backfiller(exchange, gap_max_age_s=0.3)
+    seen = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="pipeline.exchange.backfill"):
+        filler.schedule("BTCUSDT", 3, 9, _now_ms())
+        await drain(filler)
+    assert exchange.calls == [(3, 7), (5, 5)]
+    # The last request comes after the bound, well before the default backoff's 1 s.
+    assert 0.29 <= exchange.called_at[-1] - seen < 0.9
+    assert sorted(e.trade_id for e in publisher.events) == [3, 4]
+    status = filler.status()
+    assert status.exchange_gap_trades == 5
+    assert status.exchange_gaps == (ExchangeGap("BTCUSDT", 5, 9),)
+    [warning] = [r.getMessage() for r in caplog.records if "exchange gap" in r.getMessage()]
+    assert "did not catch up within gap_max_age_s" in warning
+
+
+async def test_gap_max_age_0_records_a_short_page_at_once() -> None:
+    exchange = TapeExchange(horizon=4)
+    filler, _ = backfiller(exchange, gap_max_age_s=0)
+    filler.schedule("BTCUSDT", 3, 9, _now_ms())
+    await drain(filler)
+    assert exchange.calls == [(3, 7)]
+    assert filler.status().exchange_gaps == (ExchangeGap("BTCUSDT", 5, 9),)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
