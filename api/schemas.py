@@ -75,6 +75,7 @@ class ReadinessOut(_Model):
                         "migrations": {"ok": True, "detail": "at head 0001"},
                         "kafka": {"ok": True, "detail": "1 broker(s) answered"},
                         "tasks": {"ok": True, "detail": "5 task(s) running"},
+                        "sink": {"ok": True, "detail": "storing: 1200 rows, 0 rejected"},
                     },
                 }
             ]
