@@ -1,5 +1,5 @@
-"""Probes of the service's dependencies: readiness (PostgreSQL, migrations, Kafka, tasks) and
-consumer lag. Both are bounded by short timeouts and cached, so frequent probes stay cheap."""
+"""Probes of the service's dependencies: readiness (PostgreSQL, migrations, Kafka, tasks, the
+sink) and consumer lag. Both are bounded by short timeouts and cached, so frequent probes stay cheap."""
 
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ class ReadinessProbe:
             "migrations": migrations,
             "kafka": kafka,
             "tasks": self._tasks(),
+            "sink": self._sink(),
         }
         ready = all(check.ok for check in checks.values())
         return ReadinessOut(status="ready" if ready else "not ready", checks=checks)
@@ -130,6 +131,28 @@ class ReadinessProbe:
             for task in failing
         )
         return CheckOut(ok=False, detail=described)
+
+    def _sink(self) -> CheckOut:
+        """Whether the consumer stores what it reads: PostgreSQL can be up (the postgres check
+        passes) and still refuse every write, e.g. read-only after a failover."""
+        if "consumer" not in self._pipeline.roles:
+            return CheckOut(ok=True, detail="no consumer role in this instance")
+        consumer = self._pipeline.status().consumer
+        if consumer is None:
+            return CheckOut(ok=True, detail="consumer starting")
+        if not consumer.sink_up:
+            return CheckOut(
+                ok=False, detail=f"not storing, retrying without committing: {consumer.last_error}"
+            )
+        if not consumer.dlq_up:
+            return CheckOut(
+                ok=False,
+                detail=f"dead letters not delivered, retrying without committing: "
+                f"{consumer.last_error}",
+            )
+        return CheckOut(
+            ok=True, detail=f"storing: {consumer.stored} rows, {consumer.rejected} rejected"
+        )
 
 
 class LagProbe:

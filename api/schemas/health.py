@@ -31,6 +31,7 @@ class ReadinessOut(ApiModel):
                         "migrations": {"ok": True, "detail": "at head 0001"},
                         "kafka": {"ok": True, "detail": "1 broker(s) answered"},
                         "tasks": {"ok": True, "detail": "5 task(s) running"},
+                        "sink": {"ok": True, "detail": "storing: 1200 rows, 0 rejected"},
                     },
                 }
             ]

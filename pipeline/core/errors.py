@@ -17,5 +17,11 @@ class SinkUnavailable(PipelineError):
     """PostgreSQL cannot take the batch now; the consumer retries without committing offsets."""
 
 
+class RowsRejected(PipelineError):
+    """PostgreSQL refuses a value of the batch for good (nothing stored): retrying cannot help.
+    The consumer splits the batch to find the row; the message, the database's reason with its
+    SQLSTATE, goes to the DLQ with it."""
+
+
 class StackError(PipelineError):
     """The local Kafka/PostgreSQL stack cannot start or stop."""

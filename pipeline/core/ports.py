@@ -24,4 +24,5 @@ class TradeSink(Protocol):
 
     async def write(self, batch: Sequence[Row]) -> int:
         """Store the batch atomically and return how many rows were new; raise SinkUnavailable
-        (nothing stored) while the store is down."""
+        (nothing stored) while the store is down or refuses every write, RowsRejected (nothing
+        stored) when some row of the batch can never be stored."""

@@ -105,11 +105,27 @@ class ConsumerStatus:
     consumed: int
     stored: int
     duplicates: int
-    dead_letters: int
+    dead_letters: Annotated[int, Field(description="records sent to the DLQ, rejected included")]
     batches: int
-    sink_up: bool
+    sink_up: Annotated[
+        bool,
+        Field(
+            description="false while PostgreSQL is down or refuses every write (read-only, "
+            "no privilege): the batch is retried, offsets wait; the reason is last_error"
+        ),
+    ]
     last_error: str | None
     last_commit_at: float | None
+    rejected: Annotated[
+        int, Field(description="rows PostgreSQL refused for good, dead-lettered with its reason")
+    ] = 0
+    dlq_up: Annotated[
+        bool,
+        Field(
+            description="false while dead letters cannot be delivered: retried, offsets wait; "
+            "the reason is last_error"
+        ),
+    ] = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,16 @@ leaves no connection open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.core.settings import KafkaSettings
+from pipeline.kafka import _aiokafka_compat
 
 # Seconds to wait for one aiokafka call while the broker may be gone (aiokafka #1101, #759).
 KAFKA_CALL_TIMEOUT_S = 10.0
@@ -91,3 +94,18 @@ def build_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProduce
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+async def discard_producer(producer: AIOKafkaProducer) -> None:
+    """Stop a producer whose deliveries failed, without a flush: its batches would never be
+    delivered. aiokafka's stop() flushes first, so its sender is stopped and its batches failed
+    beforehand (aiokafka internals)."""
+    sender_task = _aiokafka_compat.sender_task(producer)
+    if sender_task is not None:
+        sender_task.cancel()
+        # Until it has ended: stop() would otherwise cancel and await it again, get its
+        # CancelledError, and leave the connections open.
+        await asyncio.wait({sender_task}, timeout=KAFKA_CALL_TIMEOUT_S)
+    _aiokafka_compat.fail_all_batches(producer, KafkaError("producer replaced"))
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), KAFKA_CALL_TIMEOUT_S)

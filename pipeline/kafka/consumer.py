@@ -10,6 +10,13 @@ Batches are written one after the other and their offsets committed in the same 
 steps of consecutive batches overlap: while batch N is written, N+1 is fetched and decoded (our
 CPU and PostgreSQL's at once), and while N+1 is written, N's offsets are committed (a round trip
 to the group coordinator, ~7 ms on Kafka 4's default append linger, off the critical path).
+
+No single record can stop the consumer. A record PostgreSQL refuses for good (a value beyond
+what the table stores, a constraint) is isolated (`isolation.store_isolating`: the rest of its
+batch is stored) and dead-lettered with the database's reason, and the offsets move on only
+once the rows are stored and the dead letters acknowledged. A database that refuses every write
+(read-only after a failover, a revoked privilege) is retried with backoff like an outage, and so
+is a DLQ that cannot be reached; both show in `status()` (and so in /ready) meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -25,14 +32,20 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline.core import metrics
-from pipeline.core.errors import InvalidTrade, SinkUnavailable
+from pipeline.core.errors import InvalidTrade, RowsRejected, SinkUnavailable
 from pipeline.core.ports import TradeSink
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.status import ConsumerStatus
 from pipeline.core.trades import Row
-from pipeline.kafka.client import KAFKA_CALL_TIMEOUT_S, build_producer, start_within
+from pipeline.kafka.client import (
+    KAFKA_CALL_TIMEOUT_S,
+    build_producer,
+    discard_producer,
+    start_within,
+)
 from pipeline.kafka.dead_letters import dead_letter_record
+from pipeline.kafka.isolation import store_isolating
 from pipeline.kafka.outage import is_outage
 from pipeline.kafka.records import row_from_kafka
 
@@ -44,15 +57,25 @@ KAFKA_RETRY_BACKOFF_S = (0.2, 5.0)
 REVOKE_WAIT_S = 30.0
 # Batches in hand at once: one whose offsets are being committed, one being written.
 IN_HAND = 2
+# The DLQ's `source` header of a record that is not a trade, and of one PostgreSQL refused.
+DECODE_SOURCE = "kafka"
+SINK_SOURCE = "sink"
+
+# A record for the DLQ: its key, its value as read, why it is a dead letter.
+_Letter = tuple[bytes | None, bytes, str]
+# The same as sent: key, topic, value, headers.
+_Outgoing = tuple[bytes | None, str, bytes, list[tuple[str, bytes]]]
 
 
 @dataclass(slots=True)
 class _Decoded:
-    """A batch as it waits to be stored: its rows, its poison records (for the DLQ, with the
-    reason) and, per partition, the offset to commit after it."""
+    """A batch as it waits to be stored: its rows, each row's record value (the DLQ's, should
+    PostgreSQL refuse the row), its poison records (for the DLQ, with the reason) and, per
+    partition, the offset to commit after it."""
 
     rows: list[Row]
-    poison: list[tuple[ConsumerRecord, str]]
+    values: list[bytes]
+    poison: list[_Letter]
     offsets: dict[TopicPartition, int]
 
 
@@ -92,8 +115,10 @@ class TradeConsumer:
         self._consumed = 0
         self._stored = 0
         self._dead_letters = 0
+        self._rejected = 0
         self._batches = 0
         self._sink_up = True
+        self._dlq_up = True
         self._last_error: str | None = None
         self._last_commit_at: float | None = None
 
@@ -113,6 +138,8 @@ class TradeConsumer:
             sink_up=self._sink_up,
             last_error=self._last_error,
             last_commit_at=self._last_commit_at,
+            rejected=self._rejected,
+            dlq_up=self._dlq_up,
         )
 
     async def run(self) -> None:
@@ -178,7 +205,8 @@ class TradeConsumer:
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> _Decoded | None:
         """The next batch, decoded; None if nothing came within the poll timeout. The records
-        themselves are dropped here: a batch in hand keeps only its rows and offsets."""
+        themselves are dropped here: a batch in hand keeps only its rows, their values and
+        offsets."""
         batches = await consumer.getmany(
             timeout_ms=self._settings.consumer_poll_timeout_ms,
             max_records=self._settings.consumer_max_records,
@@ -189,18 +217,22 @@ class TradeConsumer:
         """The batch's rows, the records that are not trades with the reason, and the offsets
         to commit once it is stored."""
         rows: list[Row] = []
-        poison: list[tuple[ConsumerRecord, str]] = []
+        values: list[bytes] = []
+        poison: list[_Letter] = []
         for records in batches.values():
             for record in records:
+                value = record.value
                 try:
-                    rows.append(row_from_kafka(record.value))
+                    rows.append(row_from_kafka(value))
                 except InvalidTrade as exc:
-                    poison.append((record, str(exc)))
+                    poison.append((record.key, value or b"", str(exc)))
+                else:
+                    values.append(value)  # a row came from it, so it is not None
         count = sum(len(records) for records in batches.values())
         self._consumed += count
         metrics.RECORDS_CONSUMED.inc(count)
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-        return _Decoded(rows, poison, offsets)
+        return _Decoded(rows, values, poison, offsets)
 
     async def _store_and_commit(
         self,
@@ -208,15 +240,15 @@ class TradeConsumer:
         decoded: _Decoded,
         previous: asyncio.Task[None] | None,
     ) -> None:
-        """Dead letters, then the rows in one transaction (then `_written` is set), then the
-        offsets, after `previous` batch's; frees the slot in hand that `run` took for it."""
-        rows, poison = decoded.rows, decoded.poison
+        """Dead letters, then the rows in one transaction (or, around rows PostgreSQL refuses,
+        several, and those rows dead-lettered; then `_written` is set), then the offsets, after
+        `previous` batch's; frees the slot in hand that `run` took for it."""
         try:
             try:
-                if poison:
-                    await self._dead_letter(poison)
-                if rows:
-                    self._stored += await self._store(rows)
+                if decoded.poison:
+                    await self._dead_letter(decoded.poison, DECODE_SOURCE)
+                if decoded.rows:
+                    await self._store(decoded)
                 self._batches += 1
             finally:
                 self._written.set()  # on failure too: `run` then finds this task failed
@@ -226,14 +258,33 @@ class TradeConsumer:
         finally:
             self._in_hand.release()
 
-    async def _store(self, rows: list[Row]) -> int:
-        stored = await self._write_with_retry(rows)
+    async def _store(self, decoded: _Decoded) -> None:
+        """The batch's rows stored, and those PostgreSQL refuses for good dead-lettered."""
+        rows = decoded.rows
+        isolated = await store_isolating(self._write_with_retry, rows)
+        self._stored += isolated.stored
         now_ms = time.time() * 1000
         # row[5] is trade_time (models.Row). One histogram update for the batch, not per row.
         metrics.observe_many(metrics.E2E_LATENCY, [max(now_ms - row[5], 0) / 1000 for row in rows])
-        return stored
+        if isolated.rejected:
+            logger.warning(
+                "PostgreSQL refused %d of %d rows; dead-lettering them (first: %s)",
+                len(isolated.rejected),
+                len(rows),
+                isolated.rejected[0][1],
+            )
+            self._rejected += len(isolated.rejected)
+            await self._dead_letter(
+                [
+                    (rows[index][0].encode(), decoded.values[index], reason)
+                    for index, reason in isolated.rejected
+                ],
+                SINK_SOURCE,
+            )
 
-    async def _write_with_retry(self, chunk: list[Row]) -> int:
+    async def _write_with_retry(self, chunk: Sequence[Row]) -> int:
+        """`chunk` stored: retried with backoff while the sink is unavailable; RowsRejected
+        (the sink answered, so it is up) is for the caller."""
         backoff = Backoff(*SINK_RETRY_BACKOFF_S)
         while True:
             try:
@@ -246,10 +297,16 @@ class TradeConsumer:
                 metrics.SINK_RETRIES.inc()
                 await backoff.pause()
                 continue
-            if not self._sink_up:
-                logger.info("sink available again")
-            self._sink_up = True
+            except RowsRejected:
+                self._mark_sink_up()
+                raise
+            self._mark_sink_up()
             return stored
+
+    def _mark_sink_up(self) -> None:
+        if not self._sink_up:
+            logger.info("sink available again")
+        self._sink_up = True
 
     async def _commit(
         self, consumer: AIOKafkaConsumer, next_offsets: dict[TopicPartition, int]
@@ -266,21 +323,73 @@ class TradeConsumer:
             return
         self._last_commit_at = time.time()
 
-    async def _dead_letter(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
+    async def _dead_letter(self, letters: list[_Letter], source: str) -> None:
+        """Every letter acknowledged by Kafka. While that fails the DLQ producer is replaced and
+        the letters not yet acknowledged are sent again after a backoff: the batch's offsets
+        wait (a letter sent twice is kept twice; one never sent would be lost)."""
+        pending: list[_Outgoing] = [
+            (key, *dead_letter_record(self._settings, raw, reason, source))
+            for key, raw, reason in letters
+        ]
+        backoff = Backoff(*KAFKA_RETRY_BACKOFF_S)
+        while True:
+            pending, error = await self._send_dead_letters(pending, source)
+            if error is None:
+                break
+            self._last_error = f"DLQ: {type(error).__name__}: {error}"
+            if self._dlq_up:
+                logger.warning("dead letters not delivered, retrying without committing: %s", error)
+            self._dlq_up = False
+            if self._dlq is not None:
+                dlq, self._dlq = self._dlq, None
+                await discard_producer(dlq)  # its sequence numbers may be spoilt (aiokafka #1017)
+            await backoff.pause()
+        if not self._dlq_up:
+            logger.info("dead letters delivered again")
+        self._dlq_up = True
+        logger.warning("sent %d records to the DLQ (source %s)", len(letters), source)
+
+    async def _send_dead_letters(
+        self, letters: list[_Outgoing], source: str
+    ) -> tuple[list[_Outgoing], BaseException | None]:
+        """Send the letters at once; those not acknowledged, and why (None when all were)."""
+        sent: list[asyncio.Future[object]] = []
+        try:
+            dlq = await self._dlq_producer()
+            async with asyncio.timeout(KAFKA_CALL_TIMEOUT_S):
+                for key, topic, value, headers in letters:
+                    sent.append(await dlq.send(topic, value, key=key, headers=headers))
+                results = await asyncio.gather(*sent, return_exceptions=True)
+        except Exception as exc:
+            for future in sent:
+                future.cancel()  # failed with the producer, and then nobody would retrieve it
+            if not is_outage(exc):
+                raise
+            return letters, exc
+        failed = [
+            letter
+            for letter, result in zip(letters, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        errors = [result for result in results if isinstance(result, BaseException)]
+        delivered = len(letters) - len(failed)
+        self._dead_letters += delivered
+        metrics.DLQ_PRODUCED.labels(source).inc(delivered)
+        for error in errors:
+            if isinstance(error, Exception) and not is_outage(error):
+                raise error
+        return failed, errors[0] if errors else None
+
+    async def _dlq_producer(self) -> AIOKafkaProducer:
         if self._dlq is None:
-            self._dlq = build_producer(self._settings)
-            await start_within(self._dlq.start(), KAFKA_CALL_TIMEOUT_S)
-        for record, reason in poison:
-            topic, value, headers = dead_letter_record(
-                self._settings, record.value or b"", reason, "kafka"
-            )
-            await asyncio.wait_for(
-                self._dlq.send_and_wait(topic, value, key=record.key, headers=headers),
-                KAFKA_CALL_TIMEOUT_S,
-            )
-            metrics.DLQ_PRODUCED.labels("kafka").inc()
-        self._dead_letters += len(poison)
-        logger.warning("sent %d undecodable records to the DLQ", len(poison))
+            dlq = build_producer(self._settings)
+            try:
+                await start_within(dlq.start(), KAFKA_CALL_TIMEOUT_S)
+            except BaseException:
+                await discard_producer(dlq)
+                raise
+            self._dlq = dlq
+        return self._dlq
 
     async def _close(self, consumer: AIOKafkaConsumer) -> None:
         for client in (consumer, self._dlq):

@@ -20,7 +20,6 @@ from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter as MetricCounter
 
@@ -29,11 +28,11 @@ from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.status import ProducerStatus
 from pipeline.core.trades import TradeEvent
-from pipeline.kafka import _aiokafka_compat
 from pipeline.kafka.client import (
     KAFKA_CALL_TIMEOUT_S,
     CachedPartitioner,
     build_producer,
+    discard_producer,
     start_within,
 )
 from pipeline.kafka.dead_letters import dead_letter_record
@@ -360,17 +359,7 @@ class EventProducer:
             self._last_error,
             len(held),
         )
-        # No flush: its batches would never be delivered. aiokafka's stop() flushes first, so
-        # its sender is stopped and its batches failed beforehand (aiokafka internals).
-        sender_task = _aiokafka_compat.sender_task(producer)
-        if sender_task is not None:
-            sender_task.cancel()
-            # Until it has ended: stop() would otherwise cancel and await it again, get its
-            # CancelledError, and leave the connections open.
-            await asyncio.wait({sender_task}, timeout=KAFKA_CALL_TIMEOUT_S)
-        _aiokafka_compat.fail_all_batches(producer, KafkaError("producer replaced"))
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), KAFKA_CALL_TIMEOUT_S)
+        await discard_producer(producer)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         # aiokafka's stop() flushes, and can hang while the broker is gone: bound it.

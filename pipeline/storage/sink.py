@@ -5,8 +5,8 @@ stored in one transaction by one of two paths:
 
 * fast path (the normal case: every row is new): inside the transaction, a SAVEPOINT, then the
   batch is COPYed straight into `crypto_prices`. The primary key rejects the whole COPY if any
-  row is already stored; nothing else can fail it, so on success every row was new and the
-  per-symbol counts come from the batch itself.
+  row is already stored; nothing else but a refused value (below) can fail it, so on success
+  every row was new and the per-symbol counts come from the batch itself.
 * staging path (a replay, or duplicates across batches): on `UniqueViolationError` the
   transaction rolls back to the savepoint; the batch is COPYed into a per-connection temporary
   table and moved with `INSERT … SELECT … ON CONFLICT (symbol, trade_id) DO NOTHING RETURNING`,
@@ -22,6 +22,15 @@ side on 200k fresh rows in batches of 5,000: the fast path runs at 0.90 to 0.98x
 of the same batches (one transaction each), the staging path at 0.63 to 0.73x (itself ~1.4x
 `unnest` and ~40x a row per transaction, perf.md). The SAVEPOINT costs one round trip each way
 per batch (~40 µs). Which path a batch takes is decided by `_PathChooser`.
+
+A batch that is not stored says why in one of two ways (anything else is a bug, raised as it is):
+
+* SinkUnavailable: worth retrying, the same batch may be stored later. PostgreSQL is down
+  (`outage.is_outage`), or it is up and refuses every write whatever the rows: read-only after a
+  failover (25006), a revoked privilege (42501), a serialization failure.
+* RowsRejected: PostgreSQL refuses a value of the batch (SQLSTATE class 22, data exception:
+  e.g. a price beyond numeric's range; class 23, a CHECK, NOT NULL or unique constraint). The
+  same rows will always be refused; the consumer splits the batch to find them.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from operator import itemgetter
 import asyncpg
 
 from pipeline.core import metrics
-from pipeline.core.errors import SinkUnavailable
+from pipeline.core.errors import RowsRejected, SinkUnavailable
 from pipeline.core.settings import DatabaseSettings
 from pipeline.core.trade_checks import is_symbol
 from pipeline.core.trades import CRYPTO_PRICES_COLUMNS, Row
@@ -61,6 +70,12 @@ SELECT symbol, count(*) FROM stored GROUP BY symbol
 """
 
 _symbol_of = itemgetter(0)
+
+# SQLSTATE classes of an error about the values of the rows, not the state of the server: 22
+# data exception, 23 integrity constraint violation. Everything else the server answers (25
+# read-only, 40 serialization, 42 privilege or a missing table, P0 a trigger's RAISE) would fail
+# any batch alike: splitting the batch would dead-letter every row of it.
+ROW_SQLSTATE_CLASSES = frozenset({"22", "23"})
 
 # synchronous_commit=off would acknowledge a batch the server can still lose on a crash, after
 # the consumer committed its offsets: the guarantee needs it on. Sent as a startup parameter, not
@@ -174,21 +189,25 @@ class PostgresSink:
                     command_timeout=60,
                 )
             except Exception as exc:
-                if not is_outage(exc):
+                # Not about rows: the pool's init runs no insert (a read-only server refuses
+                # its CREATE TEMPORARY TABLE, 25006).
+                if not is_outage(exc) and not isinstance(exc, asyncpg.PostgresError):
                     raise
-                raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+                raise SinkUnavailable(f"cannot connect to PostgreSQL: {reason(exc)}") from exc
         return self._pool
 
     async def write(self, batch: Sequence[Row]) -> int:
         """Store the batch (rows in CRYPTO_PRICES_COLUMNS order, e.g. `TradeEvent.as_row()`)
-        atomically; raise SinkUnavailable (nothing stored) when the DB is down."""
+        atomically; raise SinkUnavailable (nothing stored) when the DB is down or refuses every
+        write, RowsRejected (nothing stored) when it refuses a value of the batch."""
         rows = unique_rows(batch)
         if not rows:
             return 0
         by_symbol = Counter(map(_symbol_of, rows))
         if not all(map(is_symbol, by_symbol)):
-            # copy_text needs it; a validated trade always passes (a bug otherwise, not an outage).
-            raise ValueError(f"not a symbol in the batch: {sorted(by_symbol)[:10]}")
+            # copy_text needs it. A validated trade always passes, but should a validator ever
+            # let one through, it is that row's fault: dead-lettered, not a halt of the sink.
+            raise RowsRejected(f"not a symbol: {sorted(filter(_not_symbol, by_symbol))[:10]}")
         data = copy_text(rows)
         pool = await self._get_pool()
         started = time.perf_counter()
@@ -200,9 +219,15 @@ class PostgresSink:
                 if stored_by_symbol is None:
                     stored_by_symbol = await self._staged(connection, data, len(rows))
         except Exception as exc:
-            if not is_outage(exc):
+            # InternalClientError: a connection out of step with its server, as when the server
+            # ended it (pg_terminate_backend) while it sat in the pool; the pool replaces it.
+            if is_outage(exc) or isinstance(exc, asyncpg.InternalClientError):
+                raise SinkUnavailable(f"PostgreSQL unavailable: {reason(exc)}") from exc
+            if not isinstance(exc, asyncpg.PostgresError):
                 raise
-            raise SinkUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
+            if exc.sqlstate[:2] in ROW_SQLSTATE_CLASSES:
+                raise RowsRejected(f"PostgreSQL rejected a row: {reason(exc)}") from exc
+            raise SinkUnavailable(f"PostgreSQL refuses writes: {reason(exc)}") from exc
         # Only now is the batch committed: the counters never count a rolled-back row.
         elapsed = time.perf_counter() - started
         stored = 0
@@ -241,6 +266,20 @@ class PostgresSink:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+
+def _not_symbol(symbol: str) -> bool:
+    return not is_symbol(symbol)
+
+
+def reason(exc: BaseException) -> str:
+    """The database's reason for `exc`, as the DLQ and the status show it: SQLSTATE, error
+    class, message, and PostgreSQL's detail and context (the failing row, the COPY line)."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return f"{type(exc).__name__}: {exc}"
+    parts = [f"{exc.sqlstate} {type(exc).__name__}: {exc}"]
+    parts += [part for part in (exc.detail, exc.context) if part]
+    return "; ".join(parts)
 
 
 async def copy_text_into(connection: asyncpg.Connection, table: str, data: bytes) -> None:

@@ -36,7 +36,7 @@ async def test_ready_reports_every_check_when_all_dependencies_answer(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"postgres", "migrations", "kafka", "tasks"}
+    assert set(body["checks"]) == {"postgres", "migrations", "kafka", "tasks", "sink"}
     assert all(check["ok"] for check in body["checks"].values())
 
 

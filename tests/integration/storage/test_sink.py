@@ -1,4 +1,5 @@
-"""PostgresSink: a batch in one transaction, each (symbol, trade_id) stored once, nothing rounded."""
+"""PostgresSink: a batch in one transaction, each (symbol, trade_id) stored once, nothing rounded;
+a refusal says whether it is a row's fault (RowsRejected) or the server's (SinkUnavailable)."""
 
 from decimal import Decimal
 from typing import Any
@@ -7,6 +8,7 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
+from pipeline.core.errors import RowsRejected, SinkUnavailable
 from pipeline.core.settings import Settings
 from pipeline.core.trades import TradeEvent
 from pipeline.storage.sink import PostgresSink, _PathChooser, copy_text, unique_rows
@@ -253,8 +255,108 @@ async def test_a_symbol_that_would_break_the_copy_text_is_refused_and_nothing_st
     bad = ("BTC\tUSDT", *good[0][1:])
     sink = PostgresSink(settings.database)
     try:
-        with pytest.raises(ValueError, match="not a symbol"):
+        with pytest.raises(RowsRejected, match="not a symbol"):
             await sink.write([*good, bad])
     finally:
         await sink.close()
     assert await stored(settings) == []
+
+
+# --- refusals: a row's fault (split the batch) or the server's (retry) --------------------------
+
+
+async def execute(settings: Settings, *statements: str) -> None:
+    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def database_name(settings: Settings) -> str:
+    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
+    try:
+        name: str = await connection.fetchval("SELECT current_database()")
+        return name
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("stored_first", [False, True], ids=["fast path", "staging path"])
+async def test_a_value_numeric_cannot_hold_rejects_the_batch_with_the_sqlstate_and_stores_nothing(
+    settings: Settings, stored_first: bool
+) -> None:
+    """1E-20000 is a positive decimal, but beyond numeric's range (22003): no retry can store it."""
+    good = rows_of(make_trades(["BTCUSDT"], 20))
+    bad = (*good[0][:1], 21, Decimal("1E-20000"), *good[0][3:])
+    sink = PostgresSink(settings.database)
+    try:
+        if stored_first:
+            assert await sink.write(good[:10]) == 10  # so the COPY conflicts: staging path
+        with pytest.raises(RowsRejected) as rejected:
+            await sink.write([*good, bad])
+        assert "22003" in str(rejected.value)
+        assert "numeric" in str(rejected.value)
+        assert len(await stored(settings)) == (10 if stored_first else 0)
+        assert await sink.write(good) == (10 if stored_first else 20)  # the sink goes on
+    finally:
+        await sink.close()
+    assert {(r["symbol"], r["trade_id"]) for r in await stored(settings)} == {
+        ("BTCUSDT", i) for i in range(1, 21)
+    }
+
+
+async def test_a_check_violation_rejects_the_batch_naming_the_constraint(
+    settings: Settings,
+) -> None:
+    await execute(
+        settings,
+        "ALTER TABLE crypto_prices ADD CONSTRAINT price_below_a_million CHECK (price < 1000000)",
+    )
+    good = rows_of(make_trades(["ETHUSDT"], 5))
+    bad = (*good[0][:1], 6, Decimal("2000000"), *good[0][3:])
+    sink = PostgresSink(settings.database)
+    try:
+        with pytest.raises(RowsRejected) as rejected:
+            await sink.write([*good, bad])
+    finally:
+        await sink.close()
+    assert "23514" in str(rejected.value)
+    assert "price_below_a_million" in str(rejected.value)
+    assert await stored(settings) == []
+
+
+async def test_a_read_only_database_is_retried_and_the_sink_reconnects_once_writable(
+    settings: Settings,
+) -> None:
+    """As after a failover: the sink's connections are ended under it, and the server it reaches
+    then answers but refuses every write (25006). Each write says so (SinkUnavailable, to be
+    retried), never anything that would stop the consumer; once writable, the batch is stored."""
+    name = await database_name(settings)
+    trades = rows_of(make_trades(["SOLUSDT"], 30))
+    sink = PostgresSink(settings.database)
+    try:
+        assert await sink.write(trades[:10]) == 10
+        await execute(
+            settings,
+            f'ALTER DATABASE "{name}" SET default_transaction_read_only = on',
+            # The sink's connections are new ones from now on: read-only.
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        for _ in range(5):  # the first ones may meet the ended connection: an outage
+            with pytest.raises(SinkUnavailable) as refused:
+                await sink.write(trades[10:])
+            if "25006" in str(refused.value):
+                break
+        assert "25006" in str(refused.value), str(refused.value)
+        await execute(
+            settings,
+            "SET default_transaction_read_only = off",  # this session is read-only too
+            f'ALTER DATABASE "{name}" RESET default_transaction_read_only',
+        )
+        assert await sink.write(trades[10:]) == 20
+    finally:
+        await sink.close()
+    assert len(await stored(settings)) == 30
