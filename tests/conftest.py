@@ -8,6 +8,7 @@ other's data.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -35,16 +36,28 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
     broker.stop()
 
 
+@contextlib.contextmanager
+def public_workdir(prefix: str) -> Iterator[Path]:
+    """A fresh directory that an unprivileged PostgreSQL can use, removed afterwards.
+
+    Not under pytest's tmp dir: pytest keeps that private to root (0700) and makes it private
+    again at the start of every session, which would lock out a server that is running.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
-    # Not under pytest's tmp dir: that is private to root, and PostgreSQL runs unprivileged.
-    workdir = Path(tempfile.mkdtemp(prefix="crypto-pg-"))
-    workdir.chmod(0o755)
-    server = LocalPostgres(workdir, database=TEMPLATE_DB)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    with public_workdir("crypto-pg-") as workdir:
+        server = LocalPostgres(workdir, database=TEMPLATE_DB)
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture(scope="session")

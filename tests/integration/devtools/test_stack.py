@@ -36,6 +36,7 @@ from devtools.stack import (
 )
 from devtools.stack.jars import REQUIRED_JARS, java_executable, locked_jars
 from pipeline.core.settings import PROJECT_ROOT
+from tests.conftest import public_workdir
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +50,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(tmp_path_factory.mktemp("pg"))
-    server.start()
-    yield server
-    server.stop()
+def postgres() -> Iterator[LocalPostgres]:
+    with public_workdir("crypto-stack-pg-") as workdir:
+        server = LocalPostgres(workdir)
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture
@@ -298,8 +300,12 @@ def test_stack_uses_external_services_instead_of_starting_them(tmp_path: Path) -
     )
 
 
-def test_cli_up_leaves_services_running_and_down_stops_them(tmp_path: Path) -> None:
-    root = tmp_path / "stack"
+def test_cli_up_leaves_services_running_and_down_stops_them() -> None:
+    with public_workdir("crypto-stack-") as root:
+        cli_up_leaves_services_running_and_down_stops_them(root)
+
+
+def cli_up_leaves_services_running_and_down_stops_them(root: Path) -> None:
     kafka_port, controller_port = free_port(), free_port()
     environ = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
