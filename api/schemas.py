@@ -107,7 +107,7 @@ class SymbolIn(_Model):
 class TrackedSymbolOut(_Model):
     symbol: str
     added_at: datetime
-    source: str = Field(description="who added it: settings, api, exchangeInfo")
+    source: str = Field(description="who added it: settings, api, exchange")
 
 
 class SymbolsOut(_Model):
