@@ -16,7 +16,10 @@ from sqlalchemy import insert
 
 from devtools.simulator import ODD_LISTINGS, BinanceSimulator, SimulatorConfig
 from pipeline.core.settings import Settings
+from pipeline.exchange.client import ExchangeClient
 from pipeline.runtime.pipeline import Pipeline
+from pipeline.runtime.symbols import ListingsFollower
+from pipeline.storage.registry import SymbolRegistry
 from pipeline.storage.tables import create_engine, tracked_symbols
 from tests.integration.runtime.test_pipeline import (
     running_pipeline,
@@ -158,6 +161,7 @@ async def test_symbols_named_at_start_are_tracked_again_and_api_additions_stay(
         await subscribed(simulator, ["BTCUSDT", "ADAUSDT"])
 
     caplog.set_level(logging.INFO, logger="pipeline.runtime.symbols")
+    caplog.clear()  # the restart's log only
     async with running_pipeline(settings) as pipeline:
         await subscribed(simulator, LISTED)
         assert await sources(pipeline) == {**dict.fromkeys(SYMBOLS, "settings"), "ADAUSDT": "api"}
@@ -181,3 +185,33 @@ async def test_explicit_symbols_after_whole_market_mode_release_what_only_it_had
         await subscribed(simulator, ["BTCUSDT", "ADAUSDT"])
         assert await sources(pipeline) == {"BTCUSDT": "settings", "ADAUSDT": "api"}
         assert [task.name for task in pipeline.tasks()].count("listings") == 0
+
+
+async def test_an_unusable_exchange_info_keeps_the_tracked_set_and_never_stops_the_poll(
+    settings_with: Callable[[str], Settings],
+    simulator: BinanceSimulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_with("ALL")
+    engine = create_engine(settings.database)
+    registry = SymbolRegistry(engine)
+    try:
+        await registry.track(LISTED, "exchange")
+        for symbol in LISTED:  # only the odd names are left: a broken answer, not a closed market
+            simulator.delist(symbol, status=None)
+        async with ExchangeClient(settings.binance) as exchange:
+            assert await ListingsFollower(exchange, registry, POLL_S).sync() == ([], [])
+        down = settings.binance.model_copy(
+            update={"rest_url": "http://127.0.0.1:9", "rest_max_attempts": 1}
+        )
+        with caplog.at_level(logging.WARNING, logger="pipeline.runtime.symbols"):
+            async with ExchangeClient(down) as exchange:
+                poll = asyncio.create_task(ListingsFollower(exchange, registry, 0.05).run())
+                await asyncio.sleep(0.5)
+                assert not poll.done()
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+        assert await registry.symbols() == set(LISTED)
+    finally:
+        await engine.dispose()
+    assert len(messages(caplog, "exchangeInfo unusable, tracked set kept")) >= 2
