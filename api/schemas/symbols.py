@@ -19,7 +19,7 @@ class SymbolIn(ApiModel):
 class TrackedSymbolOut(ApiModel):
     symbol: str
     added_at: datetime
-    source: str = Field(description="who added it: settings, api, exchangeInfo")
+    source: str = Field(description="who added it: settings, api, exchange")
 
 
 class SymbolsOut(ApiModel):

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
-from devtools.simulator.config import DEFAULT_SYMBOLS, SimulatorConfig
+from devtools.simulator.config import DEFAULT_SYMBOLS, ListingChange, SimulatorConfig
 from devtools.simulator.server import BinanceSimulator
 
 log = logging.getLogger("devtools.simulator")
@@ -31,6 +32,28 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
     parser.add_argument("--duplicates", type=float, default=0.0, help="ratio of resent frames")
     parser.add_argument("--ping-interval", type=float, default=20.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--odd-listings",
+        default="",
+        metavar="NAMES",
+        help="comma list of invalid names exchangeInfo lists as TRADING (e.g. BTC-USDT,btcusdt)",
+    )
+    parser.add_argument(
+        "--list-at",
+        action="append",
+        default=[],
+        type=_listing_change("list"),
+        metavar="SYMBOL@SECONDS",
+        help="list SYMBOL that long after start (repeatable)",
+    )
+    parser.add_argument(
+        "--delist-at",
+        action="append",
+        default=[],
+        type=_listing_change("delist"),
+        metavar="SYMBOL@SECONDS",
+        help="delist SYMBOL (exchangeInfo: BREAK) that long after start (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         config = SimulatorConfig(
@@ -43,10 +66,26 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
             duplicate_ratio=args.duplicates,
             ping_interval_s=args.ping_interval,
             seed=args.seed,
+            odd_listings=[name for name in args.odd_listings.split(",") if name],
+            listing_changes=[*args.list_at, *args.delist_at],
         )
     except ValueError as exc:
         parser.error(str(exc))
     return config, args.host, args.port
+
+
+def _listing_change(action: Literal["list", "delist"]) -> Callable[[str], ListingChange]:
+    def parse(value: str) -> ListingChange:
+        symbol, sep, seconds = value.rpartition("@")
+        try:
+            at_s = float(seconds)
+        except ValueError:
+            at_s = -1.0
+        if not sep or not symbol or at_s < 0:
+            raise argparse.ArgumentTypeError(f"expected SYMBOL@SECONDS, got {value!r}")
+        return ListingChange(at_s, action, symbol.strip().upper())
+
+    return parse
 
 
 async def _run(config: SimulatorConfig, host: str, port: int) -> None:

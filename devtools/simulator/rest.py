@@ -27,6 +27,11 @@ _RATE_LIMITS = [
 
 Answer = tuple[int, object]
 
+TRADING = "TRADING"
+DELISTED = "BREAK"  # Binance's status for a symbol that no longer trades
+_ODD_TICK = 10_000  # 0.0001 in 1e-8 units
+_ODD_LOT = 10_000_000  # 0.1
+
 
 class _ApiError(Exception):
     def __init__(self, code: int, msg: str) -> None:
@@ -34,9 +39,20 @@ class _ApiError(Exception):
         self.body = {"code": code, "msg": msg}
 
 
-def answer(target: str, markets: Mapping[str, Market], rest_lag_s: float = 0.0) -> Answer | None:
+def answer(
+    target: str,
+    markets: Mapping[str, Market],
+    listed: Mapping[str, str] | None = None,
+    rest_lag_s: float = 0.0,
+) -> Answer | None:
     """Answer a GET of `target` (path and query), or None when the path is not an endpoint.
-    Trade endpoints see only trades at least `rest_lag_s` old (a REST view behind the stream)."""
+
+    `listed` is what exchangeInfo shows, name → status (TRADING, BREAK, ...), in order: the
+    markets' names and odd names with no market behind them. Default: every market, TRADING.
+    Trade endpoints see only trades at least `rest_lag_s` old (a REST view behind the stream).
+    """
+    if listed is None:
+        listed = dict.fromkeys(markets, TRADING)
     url = urlsplit(target)
     params = dict(parse_qsl(url.query, keep_blank_values=True))
     try:
@@ -45,7 +61,7 @@ def answer(target: str, markets: Mapping[str, Market], rest_lag_s: float = 0.0) 
         if url.path == "/api/v3/time":
             return 200, {"serverTime": time.time_ns() // 1_000_000}
         if url.path == "/api/v3/exchangeInfo":
-            return 200, _exchange_info(params, markets)
+            return 200, _exchange_info(params, markets, listed)
         if url.path == "/api/v3/historicalTrades":
             return 200, _trades(params, markets, _int(params, "fromId"), rest_lag_s)
         if url.path == "/api/v3/trades":
@@ -88,11 +104,13 @@ def _trade_json(trade: Trade) -> dict[str, object]:
     }
 
 
-def _exchange_info(params: Mapping[str, str], markets: Mapping[str, Market]) -> dict[str, object]:
+def _exchange_info(
+    params: Mapping[str, str], markets: Mapping[str, Market], listed: Mapping[str, str]
+) -> dict[str, object]:
     if "symbol" in params and "symbols" in params:
         raise _ApiError(-1128, "Combination of optional parameters invalid.")
     if "symbol" in params:
-        selected = [_market(params["symbol"], markets)]
+        selected = [_listed(params["symbol"], listed)]
     elif "symbols" in params:
         try:
             names = orjson.loads(params["symbols"])
@@ -100,25 +118,38 @@ def _exchange_info(params: Mapping[str, str], markets: Mapping[str, Market]) -> 
             names = None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise _ApiError(-1100, "Illegal characters found in parameter 'symbols'.")
-        selected = [_market(name, markets) for name in names]
+        selected = [_listed(name, listed) for name in names]
     else:
-        selected = list(markets.values())
+        selected = list(listed)
     return {
         "timezone": "UTC",
         "serverTime": time.time_ns() // 1_000_000,
         "rateLimits": _RATE_LIMITS,
         "exchangeFilters": [],
-        "symbols": [_symbol_info(m) for m in selected],
+        "symbols": [_symbol_info(name, listed[name], markets.get(name)) for name in selected],
     }
 
 
-def _symbol_info(market: Market) -> dict[str, object]:
+def _listed(symbol: str, listed: Mapping[str, str]) -> str:
+    if not symbol:
+        raise _ApiError(
+            -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+        )
+    if symbol not in listed:  # case-sensitive, like Binance
+        raise _ApiError(-1121, "Invalid symbol.")
+    return symbol
+
+
+def _symbol_info(name: str, status: str, market: Market | None) -> dict[str, object]:
+    """One exchangeInfo entry; an odd listing (no market) gets the default filters."""
+    base, quote = (market.base, market.quote) if market else (name[:-4], name[-4:])
+    tick, lot = (market.tick, market.lot) if market else (_ODD_TICK, _ODD_LOT)
     return {
-        "symbol": market.symbol,
-        "status": "TRADING",
-        "baseAsset": market.base,
+        "symbol": name,
+        "status": status,
+        "baseAsset": base,
         "baseAssetPrecision": 8,
-        "quoteAsset": market.quote,
+        "quoteAsset": quote,
         "quotePrecision": 8,
         "quoteAssetPrecision": 8,
         "orderTypes": _ORDER_TYPES,
@@ -129,15 +160,15 @@ def _symbol_info(market: Market) -> dict[str, object]:
         "filters": [
             {
                 "filterType": "PRICE_FILTER",
-                "minPrice": fmt(market.tick),
+                "minPrice": fmt(tick),
                 "maxPrice": fmt(1_000_000 * SCALE),
-                "tickSize": fmt(market.tick),
+                "tickSize": fmt(tick),
             },
             {
                 "filterType": "LOT_SIZE",
-                "minQty": fmt(market.lot),
+                "minQty": fmt(lot),
                 "maxQty": fmt(9_000_000 * SCALE),
-                "stepSize": fmt(market.lot),
+                "stepSize": fmt(lot),
             },
         ],
         "permissions": [],

@@ -4,6 +4,9 @@ WS: `/ws/<stream>` (raw payloads), `/ws` (subscribe later), `/stream?streams=a/b
 (combined `{"stream":…,"data":…}` wrapper); live SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS,
 SET_PROPERTY/GET_PROPERTY "combined"; server pings every `ping_interval_s`.
 REST: see `rest.py`, answered from websockets' `process_request` hook on the same port.
+Listings: exchangeInfo shows the markets (TRADING, BREAK once delisted) and odd names with no
+market; `add_listing`, `delist`, `add_odd_listing` change them at runtime, and the config's
+`listing_changes` over time.
 
 Connection policy, after Binance's published limits:
 * more than `MAX_MESSAGES_PER_SECOND` (10) incoming messages within one second → close 1008
@@ -60,8 +63,14 @@ class BinanceSimulator:
         self._requested_port = port
         self._rng = random.Random(config.seed)
         self._markets: dict[str, Market] = {}
+        # What exchangeInfo shows, name → status, in listing order: the markets (TRADING, or
+        # BREAK once delisted) and the odd listings (no market behind them).
+        self._listed: dict[str, str] = {}
         for symbol in config.symbols:
             self.add_listing(symbol)
+        for name in config.odd_listings:
+            self.add_odd_listing(name)
+        self._listing_changes = sorted(config.listing_changes, key=lambda change: change.at_s)
         self._clients: set[Subscriber] = set()
         self._subscribers: dict[str, set[Subscriber]] = {}  # symbol -> clients on <symbol>@trade
         self._paused = False
@@ -135,13 +144,41 @@ class BinanceSimulator:
         self._paused = False
 
     def add_listing(self, symbol: str) -> None:
-        """List a new symbol: it appears in exchangeInfo and starts trading at once."""
-        if not SYMBOL_RE.match(symbol):
+        """List a new symbol (or a delisted one again): it appears in exchangeInfo as TRADING
+        and starts trading at once (a relisted one continues its trade ids)."""
+        if not SYMBOL_RE.fullmatch(symbol):
             raise ValueError(f"{symbol!r} is not an upper-case Binance symbol")
         if symbol not in self._markets:
             self._markets[symbol] = Market(
                 symbol, self.config.start_trade_id, self.config.history_size
             )
+        self._listed[symbol] = rest.TRADING
+
+    def delist(self, symbol: str, *, status: str | None = rest.DELISTED) -> None:
+        """Stop a listed symbol's trading: exchangeInfo shows it with `status` (Binance keeps
+        delisted symbols as BREAK), or no longer at all when `status` is None. Its history
+        stays (historicalTrades answers); the clock and emit() without symbols skip it."""
+        if symbol not in self._markets:
+            raise ValueError(f"{symbol!r} is not listed")
+        if status is None:
+            self._listed.pop(symbol, None)
+        else:
+            self._listed[symbol] = status
+
+    def add_odd_listing(self, name: str, status: str = rest.TRADING) -> None:
+        """List a name that is not a valid symbol (see ODD_LISTINGS): exchangeInfo shows it,
+        nothing trades on it, and a strict client must skip it."""
+        if name in self._markets:
+            raise ValueError(f"{name!r} is a market; delist it instead")
+        self._listed[name] = status
+
+    def listings(self) -> dict[str, str]:
+        """What exchangeInfo shows now: name → status."""
+        return dict(self._listed)
+
+    def trading(self) -> list[str]:
+        """The markets trading now (listed as TRADING)."""
+        return [s for s in self._markets if self._listed.get(s) == rest.TRADING]
 
     def trades_emitted(self) -> dict[str, set[int]]:
         """Ground truth: every trade id that happened per symbol, delivered or not."""
@@ -168,7 +205,7 @@ class BinanceSimulator:
             await asyncio.gather(*(c.ws.close(CloseCode.GOING_AWAY, reason) for c in clients))
 
     def emit(self, n_per_symbol: int, symbols: Iterable[str] | None = None) -> None:
-        """Make `n_per_symbol` trades happen now on each of `symbols` (default: all listed)."""
+        """Make `n_per_symbol` trades happen now on each of `symbols` (default: all trading)."""
         self._execute(self._generate(n_per_symbol, symbols), _now_ms())
 
     def prepare(self, n_per_symbol: int, symbols: Iterable[str] | None = None) -> int:
@@ -193,7 +230,7 @@ class BinanceSimulator:
     # -- trades ---------------------------------------------------------------------------
 
     def _generate(self, n: int, symbols: Iterable[str] | None) -> list[Pending]:
-        names = self._markets if symbols is None else symbols
+        names = self.trading() if symbols is None else symbols
         per_market = [self._markets[s].generate(n, self._rng) for s in names]
         return [p for round_ in zip(*per_market, strict=True) for p in round_]
 
@@ -217,14 +254,17 @@ class BinanceSimulator:
 
     async def _run_clock(self) -> None:
         loop = asyncio.get_running_loop()
-        last = last_burst = last_drop = loop.time()
+        started = last = last_burst = last_drop = loop.time()
         while True:
             await asyncio.sleep(_TICK_S)
             now = loop.time()
             elapsed, last = now - last, now
             cfg = self.config
+            self._apply_listing_changes(now - started)
             if not self._paused:
                 for market in self._markets.values():
+                    if self._listed.get(market.symbol) != rest.TRADING:
+                        continue
                     market.due += cfg.rate_per_symbol * elapsed
                     n = int(market.due)
                     if n:
@@ -237,6 +277,14 @@ class BinanceSimulator:
                 last_drop = now
                 self._spawn(self.disconnect_all())
 
+    def _apply_listing_changes(self, since_start_s: float) -> None:
+        while self._listing_changes and self._listing_changes[0].at_s <= since_start_s:
+            change = self._listing_changes.pop(0)
+            if change.action == "list":
+                self.add_listing(change.symbol)
+            elif change.symbol in self._markets:
+                self.delist(change.symbol)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -248,7 +296,9 @@ class BinanceSimulator:
         """Answer REST paths here; let WS paths with valid streams through to the handshake."""
         path = urlsplit(request.path).path
         if path.startswith("/api/"):
-            answer = rest.answer(request.path, self._markets, self.config.rest_lag_s)
+            answer = rest.answer(
+                request.path, self._markets, self._listed, rest_lag_s=self.config.rest_lag_s
+            )
             if answer is None:
                 return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
             return _json_response(*answer)

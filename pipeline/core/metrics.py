@@ -78,6 +78,11 @@ EXCHANGE_GAPS = Counter(
     "pipeline_exchange_gaps_total", "Trade ids the exchange's REST API does not have", ["symbol"]
 )
 TASK_RESTARTS = Counter("pipeline_task_restarts_total", "Background role restarts", ["role"])
+SYMBOLS_SKIPPED = Counter(
+    "pipeline_symbols_skipped_total",
+    "Symbol names not matching ^[A-Z0-9]{2,20}$, skipped (each name counted once per process)",
+    ["origin"],  # exchange (listed by exchangeInfo) or registry (a row in tracked_symbols)
+)
 
 
 # Bound methods, held weakly: a hook goes away with its object (a source replaced, a test's).

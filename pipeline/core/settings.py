@@ -159,6 +159,9 @@ class BinanceSettings(_Section):
     gap_max_age_s: NonNegativeFloat = 60.0
     rest_timeout_s: PositiveFloat = 10.0
     verify_symbols: bool = True
+    # SYMBOLS=ALL: how often exchangeInfo (weight 20) is asked for the TRADING listings; new ones
+    # are tracked and delisted ones released within this (plus the registry's 1 s poll).
+    listings_poll_s: float = Field(30.0, ge=0.2, le=3_600)
     # REST request weight we allow ourselves per minute (Binance: 6000/IP; historicalTrades
     # costs 25), and attempts per request on 5xx/429/network errors before giving up.
     rest_weight_per_minute: PositiveInt = 3_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import orjson
 from pipeline.core.errors import PipelineError
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
+from pipeline.core.symbol_names import SkippedNames
 from pipeline.exchange.pacing import WeightBudget
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,15 @@ class ExchangeUnavailable(PipelineError):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True, slots=True)
+class Listings:
+    """What exchangeInfo lists: the valid TRADING symbols, and how many entries were not."""
+
+    trading: frozenset[str]
+    skipped: int  # TRADING entries whose name is not a valid symbol
+    listed: int  # entries in any status
+
+
 class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -77,6 +88,7 @@ class ExchangeClient:
         self._weight_limit = settings.rest_weight_per_minute
         self._max_attempts = settings.rest_max_attempts
         self._retry_backoff_s = retry_backoff_s
+        self._skipped = SkippedNames("exchange")
 
     async def __aenter__(self) -> ExchangeClient:
         return self
@@ -102,14 +114,17 @@ class ExchangeClient:
             raise ExchangeError(200, None, f"historicalTrades answered {type(data).__name__}")
         return data
 
-    async def trading_symbols(self) -> list[str]:
-        """Every spot symbol whose status is TRADING (whole-market mode)."""
+    async def listings(self) -> Listings:
+        """The spot symbols whose status is TRADING (whole-market mode). Names that are not
+        valid symbols are left out, each reported once (log, `pipeline_symbols_skipped_total`)."""
         data = await self._get("/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT)
-        return [
-            str(item["symbol"])
-            for item in _symbols_of(data)
-            if item.get("status") == "TRADING" and "symbol" in item
-        ]
+        if not isinstance(data, dict) or not isinstance(data.get("symbols"), list):
+            # Not "no symbols": a garbled answer must not read as "everything was delisted".
+            raise ExchangeError(200, None, "exchangeInfo answered without a symbols list")
+        entries = _symbols_of(data)
+        names = [item.get("symbol") for item in entries if item.get("status") == "TRADING"]
+        trading = self._skipped.valid(names)
+        return Listings(frozenset(trading), skipped=len(names) - len(trading), listed=len(entries))
 
     async def symbol_exists(self, symbol: str) -> bool:
         """Whether the exchange lists the symbol (in any status)."""

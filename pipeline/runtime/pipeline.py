@@ -1,6 +1,7 @@
 """Pipeline: the enabled roles wired together, started and stopped in order.
 
-producer role: SymbolRegistry → BinanceSource → EventProducer → Kafka
+producer role: SymbolRegistry → BinanceSource → EventProducer → Kafka (SYMBOLS applied to the
+registry at start, and with SYMBOLS=ALL exchangeInfo followed: pipeline/runtime/symbols.py)
 consumer role: Kafka → TradeConsumer → PostgresSink
 Each role runs as a SupervisedTask. Stop order drains the path front to back: the source stops
 taking frames, the producer flushes what it accepted, the consumer finishes its batch.
@@ -117,13 +118,12 @@ class Pipeline:
             self._start_consumer_role()
 
     async def _start_producer_role(self) -> None:
-        if self.settings.symbols != ALL_SYMBOLS:
-            await self.registry.seed(self.settings.symbols)
         from pipeline.exchange.source import BinanceSource
         from pipeline.kafka.producer import EventProducer
+        from pipeline.runtime.symbols import ListingsFollower, track_at_start
 
+        tracked = await track_at_start(self.registry, self.settings)
         producer = EventProducer(self.settings.kafka)
-        tracked = await self.registry.symbols()
         source = BinanceSource(
             self.settings.binance,
             producer,
@@ -139,6 +139,11 @@ class Pipeline:
             SupervisedTask("source", lambda: source.run(source.symbols or tracked)),
             SupervisedTask("symbols", self._follow_registry),
         ]
+        if self.settings.symbols == ALL_SYMBOLS:
+            listings = ListingsFollower(
+                self.exchange, self.registry, self.settings.binance.listings_poll_s
+            )
+            role.tasks.append(SupervisedTask("listings", listings.run))
         self._producer_role = role
         for task in role.tasks:
             task.start()
@@ -167,16 +172,8 @@ class Pipeline:
     async def _follow_registry(self) -> None:
         """Re-subscribe whenever the registry changes (any instance may have changed it)."""
         assert self._producer_role is not None
-        if self.settings.symbols == ALL_SYMBOLS:
-            await self._seed_whole_market()
         async for symbols in self.registry.follow():
             await self._producer_role.source.set_symbols(symbols)
-
-    async def _seed_whole_market(self) -> None:
-        symbols = await self.exchange.trading_symbols()
-        added = await self.registry.seed(symbols, source="exchangeInfo")
-        if added:
-            logger.info("whole-market mode: tracking %d symbols", added)
 
     async def stop(self) -> None:
         """Stop in order within settings.shutdown_timeout_s; nothing accepted is dropped silently."""
@@ -188,8 +185,9 @@ class Pipeline:
         if self._producer_role is not None:
             role = self._producer_role
             by_name = {task.name: task for task in role.tasks}
-            for name in ("symbols", "source", "topics"):
-                await by_name[name].stop(left())
+            for name in ("listings", "symbols", "source", "topics"):
+                if name in by_name:
+                    await by_name[name].stop(left())
             if not await role.producer.drain(left() / 2):
                 logger.warning("producer did not flush everything before shutdown")
             await by_name["producer"].stop(left())

@@ -25,7 +25,13 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Close
 
-from devtools.simulator import MAX_MESSAGES_PER_SECOND, BinanceSimulator, SimulatorConfig
+from devtools.simulator import (
+    MAX_MESSAGES_PER_SECOND,
+    ODD_LISTINGS,
+    BinanceSimulator,
+    ListingChange,
+    SimulatorConfig,
+)
 from devtools.simulator.__main__ import parse_args
 
 START = 1_000_000  # SimulatorConfig.start_trade_id
@@ -385,6 +391,102 @@ async def test_exchange_info_lists_tradable_symbols_and_rejects_unknown(
 
 
 # -- failure knobs ------------------------------------------------------------------------
+
+
+async def listed(sim: BinanceSimulator) -> dict[str, str]:
+    """exchangeInfo as a client sees it: name → status."""
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+        body = (await http.get("/api/v3/exchangeInfo")).json()
+    return {entry["symbol"]: entry["status"] for entry in body["symbols"]}
+
+
+async def test_odd_listings_appear_in_exchange_info_as_trading_without_a_market(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(symbols=["BTCUSDT"], odd_listings=list(ODD_LISTINGS))
+    sim.add_odd_listing("lateusdt")
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+        one = (await http.get("/api/v3/exchangeInfo", params={"symbol": "BTC-USDT"})).json()
+        trades = await http.get("/api/v3/trades", params={"symbol": "BTC-USDT"})
+
+    assert await listed(sim) == dict.fromkeys(["BTCUSDT", *ODD_LISTINGS, "lateusdt"], "TRADING")
+    assert all(re.fullmatch(r"[A-Z0-9]{2,20}", name) is None for name in ODD_LISTINGS)
+    assert len(set(ODD_LISTINGS)) == len(ODD_LISTINGS) >= 8
+    assert [entry["symbol"] for entry in one["symbols"]] == ["BTC-USDT"]
+    assert trades.json() == {"code": -1121, "msg": "Invalid symbol."}, "nothing trades on it"
+    sim.emit(3)
+    assert set(sim.trades_emitted()) == {"BTCUSDT"}
+    with pytest.raises(ValueError, match="valid symbol"):
+        SimulatorConfig(odd_listings=["ETHUSDT"])
+
+
+async def test_a_delisted_symbol_stops_trading_and_shows_break_or_disappears(
+    exchange: StartExchange,
+) -> None:
+    sim = await exchange(symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], rate_per_symbol=200.0)
+    await eventually(lambda: all(len(ids) >= 5 for ids in sim.trades_emitted().values()))
+    sim.delist("ETHUSDT")
+    sim.delist("SOLUSDT", status=None)
+    await asyncio.sleep(0.1)  # let a clock tick pass the delisting
+    before = sim.trades_emitted()
+    await asyncio.sleep(0.3)
+    after = sim.trades_emitted()
+    sim.emit(5)  # default: the trading symbols only
+    statuses = await listed(sim)
+    async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+        history = await http.get("/api/v3/trades", params={"symbol": "ETHUSDT", "limit": 5})
+
+    assert statuses == {"BTCUSDT": "TRADING", "ETHUSDT": "BREAK"}
+    assert sim.trading() == ["BTCUSDT"]
+    assert len(after["BTCUSDT"]) > len(before["BTCUSDT"])
+    assert after["ETHUSDT"] == before["ETHUSDT"] == sim.trades_emitted()["ETHUSDT"]
+    assert after["SOLUSDT"] == before["SOLUSDT"] == sim.trades_emitted()["SOLUSDT"]
+    assert len(history.json()) == 5, "its history stays"
+
+    sim.pause()
+    last_eth = max(sim.trades_emitted()["ETHUSDT"])
+    sim.add_listing("ETHUSDT")  # listed again: trades again, ids continue
+    sim.emit(1)
+    assert max(sim.trades_emitted()["ETHUSDT"]) == last_eth + 1
+    assert (await listed(sim))["ETHUSDT"] == "TRADING"
+
+
+async def test_listing_changes_over_time_are_applied_by_the_clock(
+    exchange: StartExchange,
+) -> None:
+    changes = [
+        ListingChange(0.1, "list", "PEPEUSDT"),
+        ListingChange(0.2, "delist", "ETHUSDT"),
+        ListingChange(30.0, "delist", "BTCUSDT"),
+    ]
+    sim = await exchange(symbols=["BTCUSDT", "ETHUSDT"], listing_changes=changes)
+    assert await listed(sim) == {"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"}
+    await eventually(lambda: sim.listings().get("ETHUSDT") == "BREAK")
+
+    assert await listed(sim) == {"BTCUSDT": "TRADING", "ETHUSDT": "BREAK", "PEPEUSDT": "TRADING"}
+    with pytest.raises(ValueError, match="not a Binance symbol"):
+        SimulatorConfig(listing_changes=[ListingChange(1.0, "list", "BTC-USDT")])
+
+
+def test_cli_flags_set_odd_listings_and_listing_changes() -> None:
+    config, _, _ = parse_args(
+        [
+            "--odd-listings",
+            "BTC-USDT,btcusdt",
+            "--list-at",
+            "pepeusdt@5",
+            "--delist-at",
+            "ETHUSDT@7.5",
+        ]
+    )
+    assert config.odd_listings == ["BTC-USDT", "btcusdt"]
+    assert config.listing_changes == [
+        ListingChange(5.0, "list", "PEPEUSDT"),
+        ListingChange(7.5, "delist", "ETHUSDT"),
+    ]
+    for bad in (["--list-at", "PEPEUSDT"], ["--delist-at", "ETHUSDT@-1"], ["--list-at", "@3"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 async def test_malformed_frames_are_rejected_by_a_strict_parser(exchange: StartExchange) -> None:

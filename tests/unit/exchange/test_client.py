@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
@@ -9,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.core.settings import BinanceSettings
-from pipeline.exchange.client import ExchangeClient, ExchangeError, ExchangeUnavailable
+from pipeline.exchange.client import ExchangeClient, ExchangeError, ExchangeUnavailable, Listings
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -121,7 +123,7 @@ async def test_used_weight_at_our_limit_pauses_until_the_next_minute() -> None:
     assert 0 < delay <= 60
 
 
-async def test_trading_symbols_lists_only_symbols_in_trading_status() -> None:
+async def test_listings_hold_only_symbols_in_trading_status() -> None:
     info = {
         "symbols": [
             {"symbol": "BTCUSDT", "status": "TRADING"},
@@ -131,8 +133,68 @@ async def test_trading_symbols_lists_only_symbols_in_trading_status() -> None:
     }
     handle, seen = answers(httpx.Response(200, json=info))
     async with client(handle) as exchange:
-        assert await exchange.trading_symbols() == ["BTCUSDT", "ETHUSDT"]
+        listings = await exchange.listings()
+    assert listings == Listings(frozenset({"BTCUSDT", "ETHUSDT"}), skipped=0, listed=3)
     assert seen[0].url.path == "/api/v3/exchangeInfo"
+
+
+def skipped_total(origin: str) -> float:
+    return REGISTRY.get_sample_value("pipeline_symbols_skipped_total", {"origin": origin}) or 0.0
+
+
+ODD_NAMES: list[object] = [
+    "BTC-USDT",
+    "btcusdt",
+    "ÄBCUSDT",
+    "X",
+    "A" * 21,
+    "ETH USDT",
+    "",
+    "BAD\nNAME",
+    "ETHUSDT\n",
+    123,
+    None,
+    ["BTCUSDT"],
+    {"name": "BTCUSDT"},
+    "Z" * 10_000,
+]
+
+
+async def test_listed_names_that_are_not_symbols_are_skipped_and_reported_once_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    info = {
+        "symbols": [
+            {"symbol": "BTCUSDT", "status": "TRADING"},
+            *({"symbol": name, "status": "TRADING"} for name in ODD_NAMES),
+            {"status": "TRADING"},  # no name at all
+            {"symbol": "BAD-ONE", "status": "BREAK"},  # not trading: not even looked at
+        ]
+    }
+    handle, _ = answers(*[httpx.Response(200, json=info)] * 3)
+    before = skipped_total("exchange")
+    with caplog.at_level(logging.WARNING, logger="pipeline.core.symbol_names"):
+        async with client(handle) as exchange:
+            answers_seen = [await exchange.listings() for _ in range(3)]
+    reported = [r.getMessage() for r in caplog.records if "symbol skipped" in r.getMessage()]
+    assert all(a.trading == {"BTCUSDT"} for a in answers_seen)
+    assert all(a.skipped == len(ODD_NAMES) + 1 for a in answers_seen)
+    # Over three polls, each odd name once (the entry without a name is None again).
+    assert len(reported) == len(ODD_NAMES)
+    assert skipped_total("exchange") - before == len(ODD_NAMES)
+    assert all("\n" not in line and len(line) < 200 for line in reported)
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"symbols": None}, {"symbols": "BTCUSDT"}, [], "exchangeInfo"]
+)
+async def test_an_exchange_info_without_a_symbols_list_is_an_error_not_an_empty_market(
+    body: object,
+) -> None:
+    handle, _ = answers(httpx.Response(200, json=body))
+    async with client(handle) as exchange:
+        with pytest.raises(ExchangeError, match="without a symbols list"):
+            await exchange.listings()
 
 
 async def test_symbol_exists_is_false_for_invalid_symbol_code() -> None:
