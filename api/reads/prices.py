@@ -77,12 +77,10 @@ class PriceReads:
     """The stored-trade reads; one per service, opened and closed by the lifespan."""
 
     def __init__(
-        self,
-        pool: asyncpg.Pool,
-        ranges: asyncpg.Pool,
-        latest_ttl_s: float = 0.0,
-        timeout_ms: int = ApiSettings.model_fields["read_timeout_ms"].default,
+        self, pool: asyncpg.Pool, ranges: asyncpg.Pool, latest_ttl_s: float, timeout_ms: int
     ) -> None:
+        """`pool` for the latest-price reads, `ranges` for history and candles; both with
+        `statement_timeout` = `timeout_ms` (see open())."""
         self._pool = pool
         self._ranges = ranges
         self._timeout_ms = timeout_ms
