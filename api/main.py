@@ -61,7 +61,10 @@ DESCRIPTION = """\
 Binance trades → Kafka → PostgreSQL, steered and observed over HTTP.
 
 * Reads are open. `POST`/`DELETE /symbols` need the `X-API-Key` header when the service runs
-  with `API_KEY`; without it they are accepted from loopback clients only.
+  with `API_KEY`; without it they are accepted only from clients on the service's host that
+  talk to it directly: a loopback peer, a loopback `Host` and no proxy header (403 otherwise).
+* Range reads are bounded: candles cover a limited span per interval (422 beyond it), and a
+  read that takes longer than `api.read_timeout_ms` is cancelled (503).
 * Symbols are case-insensitive on input and upper case everywhere after (`^[A-Z0-9]{2,20}$`).
 * Prices and quantities are decimal strings exactly as stored; times are epoch milliseconds.
 * Every error is JSON `{"detail": ...}`.
@@ -163,7 +166,7 @@ def _lifespan(
                 logger.error("%s", exc)
                 raise
             await _check_durability(engine)
-            reads = await PriceReads.open(settings.database, settings.api.latest_cache_ms / 1000)
+            reads = await PriceReads.open(settings.database, settings.api)
             stack.push_async_callback(reads.close)
             exchange = ExchangeClient(settings.binance)
             stack.push_async_callback(exchange.close)
@@ -187,7 +190,7 @@ def _lifespan(
                 "service started in %.1f s roles=%s auth=%s",
                 time.monotonic() - started,
                 ",".join(sorted(settings.roles)) or "none",
-                "api-key" if settings.api.api_key is not None else "loopback-only",
+                "api-key" if settings.api.api_key is not None else "local-direct-only",
             )
             stack.callback(raise_priority(_loop_priority(settings)))
             yield state

@@ -30,7 +30,9 @@ async def serve(
     app = create_app(settings, **create_kwargs)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app, client=(client_host, 50_000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        # A loopback Host, as a local client sends: mutations without API_KEY need one.
+        base_url = f"http://{LOOPBACK}"
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
 
 

@@ -77,8 +77,8 @@ def service_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
         "KAFKA__GROUP_ID": f"sink_{unique}",
         "KAFKA__LINGER_MS": "5",
         "BINANCE__VERIFY_SYMBOLS": "false",
-        # Most tests run the app in the test process: real-time would apply to pytest itself.
-        # test_worker_processes.py covers the shipped `realtime`.
+        # Most tests run the app in the test process: a SETTINGS_FILE asking for the opt-in
+        # real-time priority would apply it to pytest itself. test_processes.py covers it.
         "PIPELINE_API_PRIORITY": "normal",
     }
 

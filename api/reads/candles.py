@@ -27,5 +27,30 @@ CANDLES = """
 """
 
 
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+
+# The widest time range one candles request may cover, per interval. A candle query reads
+# every trade in its range, so its cost grows with the range, whatever `limit` keeps: without
+# a bound, one request for a symbol's whole history of 1s candles scans all of it. These keep
+# each request to at most ~20,000 buckets (1s: 21,600) and the short intervals to a range of
+# trades a read can aggregate within api.read_timeout_ms; the default window (the `limit`
+# intervals up to `end`, ≤ 1,000) is always inside them.
+MAX_SPAN_MS: dict[str, int] = {
+    "1s": 6 * _HOUR_MS,
+    "1m": 7 * _DAY_MS,
+    "5m": 30 * _DAY_MS,
+    "1h": 366 * _DAY_MS,
+    "1d": 5 * 366 * _DAY_MS,
+}
+
+
 def bucket_start(epoch_ms: int, interval_ms: int) -> int:
     return epoch_ms - epoch_ms % interval_ms
+
+
+def describe_span(span_ms: int) -> str:
+    """A span for a message: `6 h`, `7 days`."""
+    if span_ms % _DAY_MS == 0:
+        return f"{span_ms // _DAY_MS} days"
+    return f"{span_ms / _HOUR_MS:g} h"

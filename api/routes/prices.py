@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import orjson
@@ -11,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from api.deps import ReadsDep
 from api.reads import candles
 from api.reads.cursor import Cursor
+from api.reads.prices import ReadTimedOut
 from api.schemas.common import MAX_EPOCH_MS, ErrorOut, SymbolInput
 from api.schemas.prices import (
     INTERVAL_MS,
@@ -51,7 +54,11 @@ EndQuery = Annotated[
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page (1..1000)")]
 
 DB_ERRORS: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorOut, "description": "PostgreSQL unavailable"}
+    503: {
+        "model": ErrorOut,
+        "description": "PostgreSQL unavailable, or the read took longer than "
+        "`api.read_timeout_ms` (5 s by default) and was cancelled",
+    }
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "unknown symbol, or no trades stored yet"}
@@ -79,6 +86,32 @@ def _check_range(start: int | None, end: int | None) -> None:
         raise _query_error("start", "start must not be after end", start)
 
 
+def _check_span(interval: str, start: int, end: int, end_given: bool) -> None:
+    """422 when [start, end] is wider than candles of `interval` may cover."""
+    limit_ms = candles.MAX_SPAN_MS[interval]
+    if end - start <= limit_ms:
+        return
+    to = "end" if end_given else "the latest trade (end)"
+    raise _query_error(
+        "start",
+        f"{interval} candles cover at most {candles.describe_span(limit_ms)} ({limit_ms} ms) "
+        f"per request; start is {end - start} ms before {to}: narrow start/end or use a "
+        "longer interval",
+        start,
+    )
+
+
+@contextmanager
+def _in_time() -> Iterator[None]:
+    """A read past api.read_timeout_ms: 503 with the reason, never a 500."""
+    try:
+        yield
+    except ReadTimedOut as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "1"}
+        ) from None
+
+
 @router.get(
     "",
     summary="Latest trade of every tracked symbol",
@@ -87,7 +120,8 @@ def _check_range(start: int | None, end: int | None) -> None:
     responses=DB_ERRORS,
 )
 async def latest_prices(reads: ReadsDep) -> Response:
-    return OrjsonResponse({"items": await reads.latest_trades()})
+    with _in_time():
+        return OrjsonResponse({"items": await reads.latest_trades()})
 
 
 @router.get(
@@ -102,10 +136,11 @@ async def latest_prices(reads: ReadsDep) -> Response:
     responses={**NOT_FOUND, **DB_ERRORS},
 )
 async def latest_price(symbol: SymbolPath, reads: ReadsDep) -> Response:
-    trade = await reads.latest_trade(symbol)
-    if trade is not None:
-        return Response(trade, media_type="application/json")
-    tracked = await reads.is_tracked(symbol)
+    with _in_time():
+        trade = await reads.latest_trade(symbol)
+        if trade is not None:
+            return Response(trade, media_type="application/json")
+        tracked = await reads.is_tracked(symbol)
     reason = "is tracked but has no trades yet" if tracked else "is not tracked and has no trades"
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"{symbol} {reason}")
 
@@ -141,7 +176,8 @@ async def price_history(
             raise _query_error(
                 "cursor", "invalid cursor: pass a next_cursor value as is", cursor
             ) from None
-    items = await reads.history(symbol, start, end, after, limit + 1)
+    with _in_time():
+        items = await reads.history(symbol, start, end, after, limit + 1)
     next_cursor = None
     if len(items) > limit:
         items = items[:limit]
@@ -156,7 +192,12 @@ async def price_history(
         "Open/high/low/close/volume and trade count per `interval` bucket "
         "(bucket = trade_time - trade_time % interval), newest first; intervals without "
         "trades are omitted. Without `start`, the `limit` intervals ending at `end` "
-        "(default: the latest trade) are covered."
+        "(default: the latest trade) are covered. One request covers at most "
+        + ", ".join(
+            f"{candles.describe_span(span)} of {name} candles"
+            for name, span in candles.MAX_SPAN_MS.items()
+        )
+        + " (end - start); a wider range is 422."
     ),
     response_model=CandlesOut,
     responses={**DB_ERRORS},
@@ -171,11 +212,18 @@ async def price_candles(
 ) -> Response:
     _check_range(start, end)
     interval_ms = INTERVAL_MS[interval]
+    end_given = end is not None
+    if start is not None and end is not None:
+        _check_span(interval, start, end, end_given)
     items: list[dict[str, Any]] = []
-    if end is None:
-        end = await reads.newest_trade_time(symbol)
-    if end is not None and (start is None or start <= end):
-        if start is None:
-            start = max(candles.bucket_start(end, interval_ms) - (limit - 1) * interval_ms, 0)
-        items = await reads.candles(symbol, interval_ms, start, end, limit)
+    with _in_time():
+        if end is None:
+            end = await reads.newest_trade_time(symbol)
+        if end is not None and (start is None or start <= end):
+            if start is None:
+                window = (limit - 1) * interval_ms
+                start = max(candles.bucket_start(end, interval_ms) - window, 0)
+            else:
+                _check_span(interval, start, end, end_given)
+            items = await reads.candles(symbol, interval_ms, start, end, limit)
     return OrjsonResponse({"symbol": symbol, "interval": interval, "items": items})

@@ -54,6 +54,8 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "BINANCE_REST_URL": ("binance", "rest_url"),
     "PIPELINE_ROLES": ("roles",),
     "PIPELINE_ISOLATION": ("isolation",),
+    "PIPELINE_PRODUCER_PRIORITY": ("producer_priority",),
+    "PIPELINE_CONSUMER_PRIORITY": ("consumer_priority",),
     "PIPELINE_WORKER_PRIORITY": ("worker_priority",),
     "PIPELINE_API_PRIORITY": ("api_priority",),
     "API_KEY": ("api", "api_key"),
@@ -66,6 +68,24 @@ NESTED_DELIMITER = "__"
 
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_PASSWORD_PARAMETER = re.compile(r"(password=)[^&]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """`url` fit for a message or a log line: its password replaced by `***`.
+
+    `scheme://user:password@host/...` becomes `scheme://user:***@host/...`, and a `password=`
+    query parameter is masked too. The last `@` ends the credentials, so a password holding an
+    unescaped `@` or `/` is masked whole; masking more than needed is the safe side.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    credentials, at, location = rest.rpartition("@")
+    if at:
+        user, colon, _ = credentials.partition(":")
+        rest = f"{user}:***@{location}" if colon else f"{credentials}@{location}"
+    return _PASSWORD_PARAMETER.sub(r"\1***", f"{scheme}{sep}{rest}")
 
 
 class _Section(BaseModel):
@@ -114,7 +134,8 @@ class KafkaSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/crypto"
+    # Not in the repr: it may hold the password (a logged or printed settings object).
+    url: str = Field("postgresql+asyncpg://postgres@127.0.0.1:5432/crypto", repr=False)
     pool_size: PositiveInt = 5
 
     @field_validator("url")
@@ -122,7 +143,7 @@ class DatabaseSettings(_Section):
     def _asyncpg_url(cls, value: str) -> str:
         if not value.startswith(("postgresql+asyncpg://", "postgresql://", "postgres://")):
             raise ValueError(
-                f"expected postgresql+asyncpg://user:password@host:port/db, got {value!r}"
+                f"expected postgresql+asyncpg://user:password@host:port/db, got {mask_url(value)!r}"
             )
         return value
 
@@ -180,14 +201,14 @@ class BinanceSettings(_Section):
     @classmethod
     def _ws_scheme(cls, value: str) -> str:
         if not value.startswith(("ws://", "wss://")):
-            raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
+            raise ValueError(f"expected a ws:// or wss:// URL, got {mask_url(value)!r}")
         return value.rstrip("/")
 
     @field_validator("rest_url")
     @classmethod
     def _http_scheme(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got {mask_url(value)!r}")
         return value.rstrip("/")
 
 
@@ -199,6 +220,12 @@ class ApiSettings(_Section):
     # GET /prices/{symbol} reuses a symbol's latest trade for this long (0: never): at 1,000
     # req/s the database sees ~10 reads/s instead of 1,000, and the answer is at most this old.
     latest_cache_ms: NonNegativeInt = 100
+    # PostgreSQL's statement_timeout for every /prices read: a read that takes longer is
+    # cancelled and answered 503, so no request holds the sink's database for long.
+    read_timeout_ms: PositiveInt = 5_000
+    # Connections of their own for the range reads (history, candles): however many of those
+    # arrive, GET /prices keeps the rest of the pool (database.pool_size).
+    range_pool_size: PositiveInt = 2
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -214,14 +241,18 @@ class Settings(BaseSettings):
     # process: each role in its own worker process (both cores; the API stays responsive under
     # full ingest); task: every role as a task on the API's event loop (one process).
     isolation: Literal["process", "task"] = "process"
-    # CPU priority of the worker processes. idle (SCHED_IDLE): any request of the API process
-    # preempts them at once, so it answers as fast under full ingest as idle, and ingest takes
-    # the rest of the CPU (Kafka holds what is not stored yet). low: nice 10. normal: as the API.
-    worker_priority: WorkerPriority = "idle"
-    # CPU priority of the API process's event loop. realtime (SCHED_RR 1; needs root,
-    # CAP_SYS_NICE or `ulimit -r` >= 1, else a warning and normal): its requests preempt the
-    # broker, the database and all else on a shared machine, not just our workers
-    # (pipeline/priority.py). config/settings.yaml ships realtime.
+    # CPU priority per worker process (pipeline/runtime/priority.py): the source first (the
+    # exchange drops a reader that falls behind), the API second, the sink last (Kafka holds
+    # what is not stored yet). idle: SCHED_IDLE; low: nice 10; normal: as the API. Lowering
+    # one's own priority needs no privilege.
+    producer_priority: WorkerPriority = "normal"
+    consumer_priority: WorkerPriority = "low"
+    # The older name of consumer_priority (PIPELINE_WORKER_PRIORITY), from when one setting
+    # applied to both workers; when set, it is the consumer's and wins over consumer_priority.
+    worker_priority: WorkerPriority | None = None
+    # CPU priority of the API process's event loop. realtime (opt-in; SCHED_RR 1, needs root,
+    # CAP_SYS_NICE or `ulimit -r` >= 1, else a warning and normal): its requests preempt
+    # everything else on the machine, the source and the broker included.
     api_priority: ApiPriority = "normal"
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -230,6 +261,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     shutdown_timeout_s: PositiveFloat = 20.0
+
+    def worker_priority_of(self, role: Role) -> WorkerPriority:
+        """The CPU priority of `role`'s worker process."""
+        if role == "producer":
+            return self.producer_priority
+        return self.worker_priority or self.consumer_priority
 
     @field_validator("symbols", mode="before")
     @classmethod

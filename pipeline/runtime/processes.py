@@ -73,6 +73,8 @@ class WorkerProcess:
             sys.executable,
             "-m",
             "pipeline.runtime.worker",
+            # Unread by the worker (its settings come on stdin): names the role in ps and top.
+            self.role,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=REPORT_LINE_LIMIT,

@@ -1,7 +1,8 @@
 """A worker process: one role of the pipeline, run for the API process that started it.
 
-`python -m pipeline.runtime.worker` reads its settings as one JSON line on stdin and runs a `Pipeline`
-with those roles. On its original stdout it writes a report (a `WorkerReport`: the typed
+`python -m pipeline.runtime.worker [role]` reads its settings as one JSON line on stdin and runs a
+`Pipeline` with those roles (the argument only names it in ps), at its role's CPU priority
+(pipeline.runtime.priority). On its original stdout it writes a report (a `WorkerReport`: the typed
 `PipelineStatus` and the Prometheus exposition) as one JSON line every REPORT_INTERVAL_S, and at
 once for every `report <n>` line on stdin, answering `n` (so the API's /pipeline/status is never
 stale).
@@ -31,7 +32,7 @@ import orjson
 
 from pipeline.core.logs import configure_logging
 from pipeline.core.metrics import exposition
-from pipeline.core.settings import Settings
+from pipeline.core.settings import Settings, WorkerPriority
 from pipeline.core.status import PipelineStatus
 from pipeline.runtime.pipeline import Pipeline
 from pipeline.runtime.priority import lower_priority
@@ -119,6 +120,11 @@ async def _answer_requests(
 
 async def serve(settings: Settings, stdin: asyncio.StreamReader, reports_fd: int) -> None:
     configure_logging(settings)
+    logger.info(
+        "worker started roles=%s priority=%s",
+        ",".join(sorted(settings.roles)),
+        worker_priority(settings),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -160,9 +166,14 @@ async def _main() -> None:
     if not line:
         return  # the parent went away before sending settings
     settings = Settings.model_validate(orjson.loads(line))
-    lower_priority(settings.worker_priority)
+    lower_priority(worker_priority(settings))
     rarer_collections()
     await serve(settings, stdin, reports_fd)
+
+
+def worker_priority(settings: Settings) -> WorkerPriority:
+    """This worker's CPU priority: its role's; the source's when it runs the source at all."""
+    return settings.worker_priority_of("producer" if "producer" in settings.roles else "consumer")
 
 
 def rarer_collections() -> None:

@@ -182,7 +182,10 @@ async def test_prices_openapi_documents_the_response_models(client: httpx.AsyncC
         operation = paths[path]["get"]
         schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
         assert schema == {"$ref": f"#/components/schemas/{model}"}, path
-        assert operation["responses"]["503"]["description"] == "PostgreSQL unavailable"
+        assert operation["responses"]["503"]["description"] == (
+            "PostgreSQL unavailable, or the read took longer than `api.read_timeout_ms` "
+            "(5 s by default) and was cancelled"
+        )
         assert [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"] == (
             ["symbol"] if "{symbol}" in path else []
         )
@@ -365,6 +368,118 @@ async def test_candles_without_start_cover_the_last_limit_intervals_up_to_the_la
     empty = await client.get("/prices/XRPUSDT/candles")
     assert empty.status_code == 200
     assert empty.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("interval", "span_ms", "limit_text"),
+    [
+        ("1s", 6 * 3_600_000, "1s candles cover at most 6 h (21600000 ms) per request"),
+        ("1m", 7 * 86_400_000, "1m candles cover at most 7 days (604800000 ms) per request"),
+        ("1d", 5 * 366 * 86_400_000, "1d candles cover at most 1830 days"),
+    ],
+)
+async def test_candles_over_a_range_wider_than_the_intervals_bound_are_422_naming_it(
+    client: httpx.AsyncClient, engine: AsyncEngine, interval: str, span_ms: int, limit_text: str
+) -> None:
+    await insert_trades(engine, [trade_row("BTCUSDT", 1, T0)])
+    path = "/prices/BTCUSDT/candles"
+    widest = await client.get(path, params={"interval": interval, "start": T0 - span_ms, "end": T0})
+    assert widest.status_code == 200, widest.text
+    assert [c["trades"] for c in widest.json()["items"]] == [1]
+
+    wider = await client.get(
+        path, params={"interval": interval, "start": T0 - span_ms - 1, "end": T0}
+    )
+    assert wider.status_code == 422, wider.text
+    (error,) = wider.json()["detail"]
+    assert error["loc"] == ["query", "start"]
+    assert error["msg"].startswith(limit_text), error["msg"]
+    # Without `end`, the range ends at the latest trade: the same bound holds.
+    open_ended = await client.get(path, params={"interval": interval, "start": T0 - span_ms - 1})
+    assert open_ended.status_code == 422, open_ended.text
+    assert "before the latest trade" in open_ended.json()["detail"][0]["msg"]
+
+
+async def test_candles_without_a_range_cover_a_bounded_recent_window(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A symbol with a long history: the default window is the last `limit` seconds of 1s
+    candles up to the latest trade, not everything since the first trade."""
+    await insert_trades(
+        engine, [trade_row("BTCUSDT", 1, T0 - 30 * 86_400_000), trade_row("BTCUSDT", 2, T0)]
+    )
+    response = await client.get("/prices/BTCUSDT/candles", params={"interval": "1s"})
+    assert response.status_code == 200, response.text
+    assert [c["open_time"] for c in response.json()["items"]] == [T0 - T0 % 1000]
+
+
+async def _many_trades(engine: AsyncEngine, symbol: str, count: int, t0: int) -> None:
+    """`count` trades of `symbol`, 10 ms apart from `t0` (inserted by PostgreSQL itself)."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                """
+                INSERT INTO crypto_prices
+                SELECT :symbol, g, 100 + (g % 1000) / 100.0, 1,
+                       t0 + g * 10 + 1, t0 + g * 10, g % 2 = 0, t0 + g * 10 + 5
+                FROM generate_series(1, :count) AS g, CAST(:t0 AS bigint) AS t0
+                """
+            ),
+            {"symbol": symbol, "count": count, "t0": t0},
+        )
+        await connection.execute(text("ANALYZE crypto_prices"))
+
+
+SLOW_ROWS = 300_000  # 50 minutes of trades, 10 ms apart: 1s candles of all of them take long
+
+
+async def test_a_read_past_read_timeout_ms_is_cancelled_and_answered_503_not_500(
+    make_settings: Callable[..., Settings], engine: AsyncEngine
+) -> None:
+    await _many_trades(engine, "BTCUSDT", SLOW_ROWS, T0)
+    settings = make_settings(PIPELINE_ROLES="none", API__READ_TIMEOUT_MS="50")
+    every = {"interval": "1s", "start": T0, "end": T0 + SLOW_ROWS * 10, "limit": 1000}
+    async with serve(settings) as client:
+        slow = await client.get("/prices/BTCUSDT/candles", params=every)
+        # The connection is fine afterwards, and a small read still answers.
+        small = {"interval": "1s", "start": T0, "end": T0 + 5_000}
+        quick = await client.get("/prices/BTCUSDT/candles", params=small)
+        latest = await client.get("/prices/BTCUSDT")
+    assert slow.status_code == 503, slow.text
+    assert slow.headers["retry-after"] == "1"
+    assert slow.json() == {
+        "detail": "the read took longer than 50 ms (api.read_timeout_ms) and was cancelled; "
+        "narrow the time range, or retry later"
+    }
+    assert quick.status_code == 200, quick.text
+    assert sum(c["trades"] for c in quick.json()["items"]) == 500
+    assert latest.status_code == 200
+
+
+async def test_range_reads_cannot_take_the_connections_of_the_latest_price_reads(
+    make_settings: Callable[..., Settings], engine: AsyncEngine
+) -> None:
+    """However many slow candles requests arrive, they share api.range_pool_size connections
+    and GET /prices/{symbol} keeps its own pool: it answers while they are all still busy."""
+    await _many_trades(engine, "BTCUSDT", SLOW_ROWS, T0)
+    settings = make_settings(
+        PIPELINE_ROLES="none", API__LATEST_CACHE_MS="0", API__READ_TIMEOUT_MS="60000"
+    )
+    every = {"interval": "1s", "start": T0, "end": T0 + SLOW_ROWS * 10, "limit": 1000}
+    async with serve(settings) as client:
+        await client.get("/prices/BTCUSDT")  # the latest-price pool is open and warm
+        slow = [
+            asyncio.create_task(client.get("/prices/BTCUSDT/candles", params=every))
+            for _ in range(settings.database.pool_size + 3)
+        ]
+        await asyncio.sleep(0.2)  # the candles requests have taken every range connection
+        latest = await client.get("/prices/BTCUSDT")
+        still_busy = sum(not task.done() for task in slow)
+        answers = await asyncio.gather(*slow)
+    assert latest.status_code == 200
+    assert latest.json()["trade_id"] == SLOW_ROWS
+    assert still_busy == len(slow), "the candles requests were too quick to tell"
+    assert {answer.status_code for answer in answers} == {200}
 
 
 async def _generic_plan(settings: Settings, sql: str, args: str) -> str:

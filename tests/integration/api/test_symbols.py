@@ -168,6 +168,87 @@ async def test_without_api_key_mutations_from_other_hosts_are_403_and_reads_stay
     assert read.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-For": "127.0.0.1"},
+        {"x-forwarded-for": "203.0.113.7, 127.0.0.1"},
+        {"Forwarded": "for=127.0.0.1;proto=http"},
+        {"X-Forwarded-Host": "localhost"},
+        {"X-Forwarded-Proto": "https"},
+        {"X-Real-IP": "127.0.0.1"},
+        {"Via": "1.1 nginx"},
+    ],
+)
+async def test_without_api_key_mutations_through_a_proxy_are_403_even_from_loopback(
+    api_settings: Settings, headers: dict[str, str]
+) -> None:
+    """A proxy on this host makes every client's peer loopback: any forwarding header, even
+    one claiming loopback, means the request did not come from a local client directly."""
+    async with serve(api_settings) as client:
+        added = await client.post("/symbols", json={"symbol": "ADAUSDT"}, headers=headers)
+        removed = await client.delete("/symbols/BTCUSDT", headers=headers)
+        read = await client.get("/symbols", headers=headers)
+        tracked = [item["symbol"] for item in read.json()["symbols"]]
+    for refused in (added, removed):
+        assert refused.status_code == 403, refused.text
+        detail = refused.json()["detail"]
+        assert "Set API_KEY" in detail
+        assert "through a proxy" in detail
+    assert read.status_code == 200
+    assert "ADAUSDT" not in tracked
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "203.0.113.7:8000", "localhost.evil", "testserver", "[2001:db8::1]"]
+)
+async def test_without_api_key_mutations_naming_another_host_are_403(
+    api_settings: Settings, host: str
+) -> None:
+    """A loopback peer whose Host is not loopback: a tunnel or proxy that keeps the public
+    name, or a page whose DNS name was rebound to 127.0.0.1."""
+    async with serve(api_settings) as client:
+        added = await client.post("/symbols", json={"symbol": "ADAUSDT"}, headers={"Host": host})
+        removed = await client.delete("/symbols/BTCUSDT", headers={"Host": host})
+    for refused in (added, removed):
+        assert refused.status_code == 403, refused.text
+        assert "Host header" in refused.json()["detail"]
+        assert "API_KEY" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8000", "127.0.0.1:8000", "127.0.0.1", "[::1]:8000", "[::1]"]
+)
+async def test_without_api_key_mutations_from_a_direct_local_client_are_accepted(
+    api_settings: Settings, host: str
+) -> None:
+    async with serve(api_settings) as client:
+        added = await client.post("/symbols", json={"symbol": "ADAUSDT"}, headers={"Host": host})
+        removed = await client.delete("/symbols/ADAUSDT", headers={"Host": host})
+    assert added.status_code == 201, added.text
+    assert removed.status_code == 204, removed.text
+
+
+async def test_with_api_key_set_the_key_is_what_counts_behind_a_proxy_too(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """With API_KEY the rules are the key's alone: proxied and remote clients with the key
+    may change symbols; without it even a direct local client may not."""
+    proxied = {"X-Forwarded-For": "203.0.113.7", "Host": "pipeline.example.com"}
+    async with serve(make_settings(PIPELINE_ROLES="none", API_KEY=KEY)) as client:
+        local_without_key = await client.post("/symbols", json={"symbol": "ADAUSDT"})
+        proxied_without_key = await client.post(
+            "/symbols", json={"symbol": "ADAUSDT"}, headers=proxied
+        )
+        added = await client.post(
+            "/symbols", json={"symbol": "ADAUSDT"}, headers={**proxied, "X-API-Key": KEY}
+        )
+        removed = await client.delete("/symbols/ADAUSDT", headers={**proxied, "X-API-Key": KEY})
+    assert local_without_key.status_code == proxied_without_key.status_code == 401
+    assert added.status_code == 201, added.text
+    assert removed.status_code == 204, removed.text
+
+
 async def test_a_symbol_the_exchange_does_not_list_is_422_and_a_listed_one_is_added(
     make_settings: Callable[..., Settings],
 ) -> None:

@@ -215,11 +215,55 @@ def policy(pid: int = 0) -> int:
     return os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
 
 
-async def test_the_api_answers_at_realtime_priority_while_its_workers_stay_idle(
+def scheduling(worker: psutil.Process) -> tuple[int, int]:
+    """(policy, nice) of a worker process."""
+    return policy(worker.pid), worker.nice()
+
+
+def by_role() -> dict[str, psutil.Process]:
+    """The live workers by role (the role is the worker's command-line argument)."""
+    return {w.cmdline()[-1]: w for w in workers()}
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},  # the shipped config: the source's worker at normal priority, the sink's at nice 10
+        {"producer_priority": "low", "consumer_priority": "idle"},
+    ],
+)
+async def test_each_worker_runs_at_its_roles_priority_restarted_ones_too(
+    process_settings: Settings, given: dict[str, str]
+) -> None:
+    """The source cannot wait (the exchange drops a reader that falls behind); the sink can
+    (Kafka holds its backlog): under a saturated CPU the sink's worker yields first."""
+    settings = process_settings.model_copy(update=given)
+    base = os.nice(0)
+    expected = {
+        "normal": (os.SCHED_OTHER, base),
+        "low": (os.SCHED_OTHER, min(base + 10, 19)),
+        "idle": (os.SCHED_IDLE, base),
+    }
+    wanted = {
+        "producer": expected[settings.producer_priority],
+        "consumer": expected[settings.consumer_priority],
+    }
+    async with serve(settings) as client:
+        await wait_until(lambda: all_running(client), 30, "both workers report running tasks")
+        assert {role: scheduling(w) for role, w in by_role().items()} == wanted
+        for role in ("producer", "consumer"):
+            by_role()[role].send_signal(signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            await wait_until(lambda: all_running(client), 30, f"the killed {role} is back")
+            assert {role: scheduling(w) for role, w in by_role().items()} == wanted
+    assert policy() == os.SCHED_OTHER and os.nice(0) == base  # the API process is untouched
+
+
+async def test_the_opt_in_realtime_api_priority_raises_the_api_loop_only(
     process_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`api_priority: realtime` (the shipped config) raises the API's event loop only: workers,
-    restarted ones included, never inherit it; the lifespan's end restores the thread."""
+    """`api_priority: realtime` (opt-in) raises the API's event loop only: workers, restarted
+    ones included, never inherit it; the lifespan's end restores the thread."""
     settings = process_settings.model_copy(update={"api_priority": "realtime"})
     permitted = realtime_permitted()
     async with serve(settings) as client:
@@ -228,7 +272,7 @@ async def test_the_api_answers_at_realtime_priority_while_its_workers_stay_idle(
         workers()[0].send_signal(signal.SIGKILL)
         await asyncio.sleep(0.2)
         await wait_until(lambda: all_running(client), 30, "the killed worker is back")
-        assert [policy(w.pid) for w in workers()] == [os.SCHED_IDLE] * 2
+        assert [policy(w.pid) for w in workers()] == [os.SCHED_OTHER] * 2
     assert policy() == os.SCHED_OTHER
     messages = {r.getMessage() for r in caplog.records if r.name == "pipeline.runtime.priority"}
     if permitted:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from api.schemas.symbols import SymbolIn
-from api.security import is_loopback, key_matches
+from api.security import is_loopback, is_loopback_host_header, key_matches
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,31 @@ def test_api_keys_match_exactly_and_odd_header_values_simply_do_not() -> None:
     assert not key_matches("s3cret ", key)
     assert not key_matches("S3CRET", key)
     assert not key_matches("sécret\udcff", key)
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "LocalHost:8000", "127.0.0.1", "127.0.0.1:8000", "[::1]", "[::1]:80"]
+)
+def test_loopback_host_headers_are_recognised(host: str) -> None:
+    assert is_loopback_host_header(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "",
+        "testserver",
+        "example.com",
+        "localhost.evil",
+        "localhost.evil:8000",
+        "10.0.0.1:8000",
+        "::1",
+        "[::1]x",
+        "127.0.0.1:http",
+        "localhost:80:80",
+        "[2001:db8::1]:80",
+    ],
+)
+def test_other_host_headers_are_not_loopback(host: str | None) -> None:
+    assert not is_loopback_host_header(host)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.settings import load_settings
+from pipeline.core.settings import DatabaseSettings, load_settings, mask_url
 
 
 def test_defaults_come_from_settings_yaml() -> None:
@@ -57,6 +57,60 @@ def test_empty_api_key_means_no_key() -> None:
     assert load_settings({"API_KEY": ""}).api.api_key is None
 
 
+def test_shipped_priorities_put_the_source_first_and_the_sink_last_without_privilege() -> None:
+    settings = load_settings({})
+    assert settings.worker_priority_of("producer") == "normal"
+    assert settings.worker_priority_of("consumer") == "low"
+    assert settings.api_priority == "normal"
+
+
+def test_each_worker_priority_has_its_variable_and_the_older_name_still_sets_the_sinks() -> None:
+    settings = load_settings(
+        {"PIPELINE_PRODUCER_PRIORITY": "low", "PIPELINE_CONSUMER_PRIORITY": "normal"}
+    )
+    assert settings.worker_priority_of("producer") == "low"
+    assert settings.worker_priority_of("consumer") == "normal"
+    # PIPELINE_WORKER_PRIORITY once lowered every worker; now it is the sink's alone.
+    older = load_settings({"PIPELINE_WORKER_PRIORITY": "idle"})
+    assert older.worker_priority_of("consumer") == "idle"
+    assert older.worker_priority_of("producer") == "normal"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mysql://u:hunter2@h/db", "mysql://u:***@h/db"),
+        ("postgresql://u:hunter2@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:hun@ter/2@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=hunter2&x=1", "postgresql://u@h/db?password=***&x=1"),
+        ("u:hunter2@h", "u:***@h"),
+        ("postgresql://h/db", "postgresql://h/db"),
+    ],
+)
+def test_urls_in_messages_show_no_password(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:hunter2@h/db", "sqlite:///x?password=hunter2", "u:hunter2@db:5432/x"]
+)
+def test_a_database_url_with_the_wrong_scheme_fails_with_one_line_without_the_password(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"DATABASE_URL": url})
+    message = str(raised.value)
+    assert message.startswith("invalid setting DATABASE_URL (database.url)")
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_the_settings_repr_leaves_the_database_password_out() -> None:
+    settings = load_settings({"DATABASE_URL": "postgresql://u:hunter2@db:5432/x"})
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(DatabaseSettings(url="postgresql://u:hunter2@db/x"))
+
+
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
@@ -74,8 +128,20 @@ def test_empty_api_key_means_no_key() -> None:
             "invalid setting PIPELINE_WORKER_PRIORITY (worker_priority)",
         ),
         (
+            {"PIPELINE_CONSUMER_PRIORITY": "realtime"},
+            "invalid setting PIPELINE_CONSUMER_PRIORITY (consumer_priority)",
+        ),
+        (
+            {"PIPELINE_PRODUCER_PRIORITY": "high"},
+            "invalid setting PIPELINE_PRODUCER_PRIORITY (producer_priority)",
+        ),
+        (
             {"PIPELINE_API_PRIORITY": "high"},
             "invalid setting PIPELINE_API_PRIORITY (api_priority)",
+        ),
+        (
+            {"API__READ_TIMEOUT_MS": "0"},
+            "invalid setting API__READ_TIMEOUT_MS (api.read_timeout_ms)",
         ),
         (
             {"API__LATEST_CACHE_MS": "-1"},
