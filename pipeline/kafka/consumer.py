@@ -30,6 +30,7 @@ from pipeline.core.ports import TradeSink
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.status import ConsumerStatus
+from pipeline.core.trade_checks import DEFAULT_MAX_CLOCK_SKEW_MS, now_ms
 from pipeline.core.trades import Row
 from pipeline.kafka.client import KAFKA_CALL_TIMEOUT_S, build_producer, start_within
 from pipeline.kafka.dead_letters import dead_letter_record
@@ -82,9 +83,15 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class TradeConsumer:
-    def __init__(self, settings: KafkaSettings, sink: TradeSink) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        sink: TradeSink,
+        max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
+    ) -> None:
         self._settings = settings
         self._sink = sink
+        self._max_clock_skew_ms = max_clock_skew_ms  # binance.max_clock_skew_s
         self._in_hand = asyncio.Semaphore(IN_HAND)
         self._written = asyncio.Event()  # the newest batch handed over is in the database
         self._consumer: AIOKafkaConsumer | None = None
@@ -190,10 +197,11 @@ class TradeConsumer:
         to commit once it is stored."""
         rows: list[Row] = []
         poison: list[tuple[ConsumerRecord, str]] = []
+        latest = now_ms() + self._max_clock_skew_ms  # a record dated later is poison
         for records in batches.values():
             for record in records:
                 try:
-                    rows.append(row_from_kafka(record.value))
+                    rows.append(row_from_kafka(record.value, latest))
                 except InvalidTrade as exc:
                     poison.append((record, str(exc)))
         count = sum(len(records) for records in batches.values())
