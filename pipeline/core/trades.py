@@ -263,10 +263,15 @@ def trade_from_frame(raw: bytes, processed_at: int, latest_ms: int) -> TradeEven
     except (msgspec.DecodeError, UnicodeDecodeError):  # DecodeError: also ValidationError
         return None
     data = frame.data
-    # E and T are bounded below by the decoder and above by EPOCH_MILLIS_END.
-    if not (latest_ms >= data.E and latest_ms >= data.T):
-        return None
-    if not is_epoch_millis(processed_at, plausible_latest(latest_ms)):
+    # E and T come from the decoder at least EARLIEST_TRADE_MS and below EPOCH_MILLIS_END;
+    # inline comparisons, not is_epoch_millis: this is the hottest path.
+    if not (
+        latest_ms >= data.E
+        and latest_ms >= data.T
+        and type(processed_at) is int
+        and EARLIEST_TRADE_MS <= processed_at <= latest_ms
+        and processed_at < EPOCH_MILLIS_END
+    ):
         return None
     event = _event(data.s, data.t, data.p, data.q, data.E, data.T, data.m, processed_at)
     if event is None or frame.stream != trade_stream(event.symbol):
