@@ -22,8 +22,8 @@ from typing import Annotated
 import msgspec
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
-# Binance opened in July 2017: no trade of its is older (history imports are, so the past bound
-# is this date and not a window around now).
+# Binance opened in July 2017: none of its trades is older. History imports bring trades of any
+# age since, so the past bound is this date, not a window around now.
 EARLIEST_TRADE_MS = 1_498_867_200_000  # 2017-07-01T00:00:00Z
 EPOCH_MILLIS_END = 10**14  # an upper bound no clock reaches; the real one is now + the skew
 # How far a time may be ahead of our clock (binance.max_clock_skew_s): a trade "from the future"
@@ -41,8 +41,9 @@ TRADE_STREAM_SUFFIX = "@trade"
 DecodedEpochMillis = Annotated[int, msgspec.Meta(ge=EARLIEST_TRADE_MS, lt=EPOCH_MILLIS_END)]
 DecodedTradeId = Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)]
 _ZERO = Decimal(0)
-# Symbols seen to match SYMBOL_PATTERN, each with its trade stream: a dict lookup costs a
-# fraction of a regex match per trade. Bounded, so that a feed of made-up symbols cannot grow it without end.
+# Symbols seen to match SYMBOL_PATTERN, each with its trade stream: a dict lookup per trade
+# costs a fraction of a regex match. Bounded, so that a feed of made-up symbols cannot grow it
+# without end.
 _MAX_KNOWN_SYMBOLS = 10_000
 _known_symbols: dict[str, str] = {}
 
@@ -99,9 +100,9 @@ def positive_decimal(value: object) -> Decimal | None:
             return None
     except InvalidOperation:
         return None
-    # A coefficient of n digits puts its last one adjusted() - n + 1 places from the point, and
-    # n <= len(value): a string this short cannot have too many places (every Binance price and
-    # quantity), without as_tuple(), which builds a tuple of the digits.
+    # The last of a coefficient's n digits sits at exponent adjusted() - n + 1, and n is at most
+    # len(value): so a string this short cannot have too many places (every Binance price and
+    # quantity is), which spares as_tuple(), which builds a tuple of the digits.
     if len(value) <= number.adjusted() + 1 + MAX_DECIMAL_PLACES:
         return number
     return number if decimal_places(number) <= MAX_DECIMAL_PLACES else None

@@ -5,10 +5,10 @@ a REST historicalTrades item (backfill), and the Kafka record value (this model'
 Prices and quantities are Decimal end to end; a float would round them.
 
 Every field is bounded to what the table stores and what is plausible (pipeline.core.trade_checks):
-a time from 2017-07-01 to now plus the allowed clock skew — "now" is the caller's: each decoder
-takes the `latest_ms` it accepts (TradeEvent itself: validation context LATEST_MS, else the wall
-clock plus the default skew) —, prices and quantities positive, below 1e20, at most 18 digits
-after the point. A value outside is an invalid trade (dead-lettered), never a row.
+times from 2017-07-01 to now plus the allowed clock skew; prices and quantities positive, below
+1e20, at most 18 digits after the point. A value outside is an invalid trade (dead-lettered),
+never a row. "Now" is the caller's: each decoder takes the `latest_ms` it accepts, TradeEvent
+itself the validation context LATEST_MS (else the wall clock plus the default skew).
 """
 
 from __future__ import annotations

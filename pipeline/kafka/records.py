@@ -3,8 +3,8 @@
 The record value is our own JSON (`TradeEvent.to_kafka_value`), so nearly every record is valid
 and in one shape. msgspec decodes that shape into a Struct in C, pipeline.trade_checks does the
 checks msgspec cannot express, and the row is built from that, at a fraction of the cost of
-`TradeEvent.model_validate_json` + its row (docs/perf.md). TradeEvent stays the contract: this path
-only ever *accepts* a subset of what TradeEvent accepts (same values), and everything it does
+`TradeEvent.model_validate_json` + its row (docs/perf.md). TradeEvent stays the contract: this
+path only ever *accepts* a subset of what TradeEvent accepts (same values), and everything it does
 not accept — a poison record, or a valid one spelled otherwise (the one-letter aliases, a price
 of " 1.5") — goes through `trade_from_kafka`, which returns the row or raises InvalidTrade with
 pydantic's reason (the DLQ's). tests/unit/kafka/test_records.py holds the two to that.
