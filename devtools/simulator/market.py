@@ -38,6 +38,8 @@ _MEAN_NOTIONAL = 500.0  # quote-asset value of an average trade
 _TRADE = b'{"e":"trade","E":%d,"s":"%b","t":%d,"p":"%b","q":"%b","T":%d,"m":%b,"M":true}'
 _BOOL = {True: b"true", False: b"false"}
 OVERSIZED_BYTES = 100_000  # far above a real trade frame, below websockets' 1 MiB max_size
+YEAR_5000_MS = 95_617_584_000_000  # a trade time no clock is near (future_time)
+_SYMBOL_FIELD = re.compile(rb'"s":"([A-Z0-9]+)"')
 
 
 def fmt(units: int) -> str:
@@ -140,6 +142,22 @@ def _split(symbol: str) -> tuple[str, str]:
     return symbol[:-3], symbol[-3:]
 
 
+def _other_symbol(raw: bytes, trade: Trade) -> bytes:
+    """The payload claiming another market's symbol (sent on this market's stream all the same)."""
+
+    def swap(match: re.Match[bytes]) -> bytes:
+        return b'"s":"%b"' % (b"BTCUSDT" if match[1] == b"ETHUSDT" else b"ETHUSDT")
+
+    return _SYMBOL_FIELD.sub(swap, raw, count=1)
+
+
+def _future_time(raw: bytes, trade: Trade) -> bytes:
+    """Event and trade time in the year 5000."""
+    for key in (b"E", b"T"):
+        raw = raw.replace(b'"%b":%d,' % (key, trade.time), b'"%b":%d,' % (key, YEAR_5000_MS), 1)
+    return raw
+
+
 # Each turns a valid raw payload into one a strict parser must reject. The trade itself stays
 # on the tape, so a client that dead-letters the frame can still recover it from REST.
 _MALFORMERS: dict[str, Callable[[bytes, Trade], bytes]] = {
@@ -150,6 +168,13 @@ _MALFORMERS: dict[str, Callable[[bytes, Trade], bytes]] = {
     "unknown_event": lambda raw, t: raw.replace(b'"e":"trade"', b'"e":"tradeV9"', 1),
     "truncated": lambda raw, t: raw[: len(raw) // 2],
     "oversized": lambda raw, t: raw[:-1] + b',"pad":"' + b"x" * OVERSIZED_BYTES + b'"}',
+    # Well-formed, but beyond what a trade can be: another market's symbol on this stream, a
+    # time far ahead of any clock, a price with 19 digits after the point (the same value).
+    "other_symbol": _other_symbol,
+    "future_time": _future_time,
+    "excess_decimals": lambda raw, t: raw.replace(
+        b'"p":"%b"' % t.price, b'"p":"%b00000000000"' % t.price, 1
+    ),
 }
 MALFORMED_KINDS: tuple[str, ...] = tuple(_MALFORMERS)
 

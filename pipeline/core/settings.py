@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.trade_checks import normalize_symbol
+from pipeline.core.trade_checks import DEFAULT_MAX_CLOCK_SKEW_MS, normalize_symbol
 
 # The source checkout, for development tools and tests; the product itself never needs it.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -196,6 +196,13 @@ class BinanceSettings(_Section):
     healthy_after_s: PositiveFloat = 30.0
     # A long backfill logs its progress every this many REST pages.
     backfill_progress_pages: PositiveInt = 10
+    # How far a trade's times may be ahead of our clock (the exchange's clock and ours differ a
+    # little): a later one is dead-lettered, by the source and by the consumer alike.
+    max_clock_skew_s: PositiveFloat = DEFAULT_MAX_CLOCK_SKEW_MS / 1000
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return round(self.max_clock_skew_s * 1000)
 
     @field_validator("ws_url")
     @classmethod

@@ -35,6 +35,7 @@ from pipeline.core.ports import TradePublisher
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
 from pipeline.core.status import BackfillStatus, ExchangeGap
+from pipeline.core.trade_checks import DEFAULT_MAX_CLOCK_SKEW_MS
 from pipeline.core.trades import TradeEvent, trade_from_rest
 from pipeline.exchange.client import (
     HISTORICAL_TRADES_MAX_LIMIT,
@@ -109,6 +110,7 @@ def absorb_page(
     items: Sequence[Any],
     cutoff_ms: int,
     processed_at: int,
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
 ) -> Page:
     """Interpret a `fromId=first_id&limit=requested` answer for the gap first_id..last_id."""
     page = Page(next_id=first_id)
@@ -124,7 +126,7 @@ def absorb_page(
             continue
         present.append(item_id)
         try:
-            event = trade_from_rest(symbol, item, processed_at)
+            event = trade_from_rest(symbol, item, processed_at, processed_at + max_clock_skew_ms)
         except InvalidTrade as exc:
             page.invalid.append((orjson.dumps(item), str(exc)))
             continue
@@ -292,6 +294,7 @@ class Backfiller:
                 items,
                 _now_ms() - self._settings.backfill_max_age_s * 1000,
                 _now_ms(),
+                self._settings.max_clock_skew_ms,
             )
             published += await self._apply(gap.symbol, page, len(items))
             if page.next_id > next_id:

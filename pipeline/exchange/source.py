@@ -25,7 +25,7 @@ from pipeline.core.errors import InvalidTrade
 from pipeline.core.ports import TradePublisher
 from pipeline.core.settings import BinanceSettings
 from pipeline.core.status import SourceStatus, SymbolStatus
-from pipeline.core.trade_checks import normalize_symbol
+from pipeline.core.trade_checks import normalize_symbol, trade_stream
 from pipeline.core.trades import TradeEvent, trade_from_binance, trade_from_frame
 from pipeline.exchange.backfill import Backfiller
 from pipeline.exchange.client import ExchangeClient
@@ -85,6 +85,7 @@ class BinanceSource:
         resume_from: Mapping[str, int] | None = None,
     ) -> None:
         self._settings = settings
+        self._max_clock_skew_ms = settings.max_clock_skew_ms
         self._publisher = publisher
         self._backfiller = Backfiller(settings, exchange, publisher)
         # Last stored trade id per symbol, used once: the first live trade backfills from it.
@@ -170,16 +171,23 @@ class BinanceSource:
     async def handle_frame(self, raw: bytes) -> dict[str, Any] | None:
         """Process one WebSocket frame; return it if it was a reply to a request of ours."""
         processed_at = time.time_ns() // 1_000_000
+        latest = processed_at + self._max_clock_skew_ms  # no trade may be dated later
         # Nearly every frame is a valid combined-stream trade: one msgspec decode takes it.
         # Anything else — a reply, a raw-stream frame, an invalid one — goes the general way.
-        event = trade_from_frame(raw, processed_at) if len(raw) <= MAX_TRADE_FRAME_BYTES else None
+        event = (
+            trade_from_frame(raw, processed_at, latest)
+            if len(raw) <= MAX_TRADE_FRAME_BYTES
+            else None
+        )
         if event is None:
-            return await self._handle_other_frame(raw, processed_at)
+            return await self._handle_other_frame(raw, processed_at, latest)
         self._received += 1
         await self._take(event)
         return None
 
-    async def _handle_other_frame(self, raw: bytes, processed_at: int) -> dict[str, Any] | None:
+    async def _handle_other_frame(
+        self, raw: bytes, processed_at: int, latest: int
+    ) -> dict[str, Any] | None:
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -187,12 +195,15 @@ class BinanceSource:
             return None
         try:
             data = message["data"]  # the combined-stream wrapper
+            stream = message.get("stream")
         except (KeyError, TypeError, IndexError):
             if type(message) is not dict:
                 await self._reject(raw, "frame is not a JSON object")
                 return None
             if "e" in message:
-                data = message  # a raw stream (/ws/<stream>) sends the payload itself
+                # A raw stream (/ws/<stream>) sends the payload itself, with no stream name to
+                # hold its symbol to (our connections are all combined).
+                data, stream = message, None
             elif "id" in message:
                 return message  # a reply: {"result": ..., "id": n} or {"error": ..., "id": n}
             else:
@@ -204,9 +215,15 @@ class BinanceSource:
             await self._reject(raw, reason, counted=True)
             return None
         try:
-            event = trade_from_binance(data, processed_at)
+            event = trade_from_binance(data, processed_at, latest)
         except InvalidTrade as exc:
             await self._reject(raw, str(exc), counted=True)
+            return None
+        if data is not message and stream != trade_stream(event.symbol):
+            # Another market's trade under this stream's name, or a trade not its stream's:
+            # taken, its id would enter the wrong symbol's sequence (gaps, backfills, the table).
+            reason = f"symbol {event.symbol} does not match stream {stream}"
+            await self._reject(raw, reason, counted=True)
             return None
         await self._take(event)
         return None

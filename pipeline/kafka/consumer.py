@@ -37,6 +37,7 @@ from pipeline.core.ports import TradeSink
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.status import ConsumerStatus
+from pipeline.core.trade_checks import DEFAULT_MAX_CLOCK_SKEW_MS, now_ms
 from pipeline.core.trades import Row
 from pipeline.kafka.client import (
     KAFKA_CALL_TIMEOUT_S,
@@ -105,9 +106,15 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class TradeConsumer:
-    def __init__(self, settings: KafkaSettings, sink: TradeSink) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        sink: TradeSink,
+        max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
+    ) -> None:
         self._settings = settings
         self._sink = sink
+        self._max_clock_skew_ms = max_clock_skew_ms  # binance.max_clock_skew_s
         self._in_hand = asyncio.Semaphore(IN_HAND)
         self._written = asyncio.Event()  # the newest batch handed over is in the database
         self._consumer: AIOKafkaConsumer | None = None
@@ -219,11 +226,12 @@ class TradeConsumer:
         rows: list[Row] = []
         values: list[bytes] = []
         poison: list[_Letter] = []
+        latest = now_ms() + self._max_clock_skew_ms  # a record dated later is poison
         for records in batches.values():
             for record in records:
                 value = record.value
                 try:
-                    rows.append(row_from_kafka(value))
+                    rows.append(row_from_kafka(value, latest))
                 except InvalidTrade as exc:
                     poison.append((record.key, value or b"", str(exc)))
                 else:

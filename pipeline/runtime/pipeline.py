@@ -153,7 +153,7 @@ class Pipeline:
         from pipeline.storage.sink import PostgresSink
 
         sink = PostgresSink(self.settings.database)
-        consumer = TradeConsumer(self.settings.kafka, sink)
+        consumer = TradeConsumer(self.settings.kafka, sink, self.settings.binance.max_clock_skew_ms)
 
         async def consume() -> None:
             # Before subscribing: a consumer subscribed to a topic that does not exist yet is

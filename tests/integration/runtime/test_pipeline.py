@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import devtools.simulator.server as simulator_server
 from devtools.simulator import BinanceSimulator, SimulatorConfig
+from devtools.simulator.market import Trade
 from pipeline.core.settings import Settings
 from pipeline.exchange.client import ExchangeClient
 from pipeline.kafka.admin import consumer_lag
@@ -212,3 +216,98 @@ async def test_whole_market_mode_tracks_every_trading_symbol_the_exchange_lists(
         assert await pipeline.registry.symbols() == set(listed)
         simulator.emit(50, listed)
         await settled(settings, simulator, listed)
+
+
+async def tape(simulator: BinanceSimulator, symbol: str) -> dict[int, tuple[str, str, int]]:
+    """The exchange's own record of a symbol's trades (REST historicalTrades, under 1000), the
+    decimals with their digits as written."""
+    first = min(simulator.trades_emitted()[symbol])
+    async with httpx.AsyncClient(base_url=simulator.rest_url) as client:
+        response = await client.get(
+            "/api/v3/historicalTrades", params={"symbol": symbol, "fromId": first, "limit": 1000}
+        )
+    return {
+        item["id"]: (str(Decimal(item["price"])), str(Decimal(item["qty"])), item["time"])
+        for item in response.json()
+    }
+
+
+async def table_rows(settings: Settings, symbol: str) -> dict[int, tuple[str, str, int]]:
+    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT trade_id, price, quantity, trade_time FROM crypto_prices WHERE symbol = $1",
+            symbol,
+        )
+    finally:
+        await connection.close()
+    return {r["trade_id"]: (str(r["price"]), str(r["quantity"]), r["trade_time"]) for r in rows}
+
+
+async def dead_letters(settings: Settings, count: int) -> list[ConsumerRecord]:
+    """The records of the DLQ topic: once there are `count`, or all there are after 20 s."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        partitions = [
+            TopicPartition(settings.kafka.dlq_topic, p) for p in range(settings.kafka.partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + 20
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_trades_out_of_bounds_go_to_the_dlq_and_every_valid_trade_is_stored(
+    pipeline_settings: Settings, simulator: BinanceSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange sends a trade dated in the year 5000, another market's trade on BTCUSDT's
+    stream and a price with 19 decimals: each frame is in the DLQ with its reason, nothing of
+    them is in the table, and the table holds exactly the exchange's trades (those three
+    included, recovered from REST with their real values)."""
+    sent: dict[bytes, str] = {}  # the bad frames as the source receives them → their kind
+    malform = simulator_server.malform
+
+    def recording(kind: str, raw: bytes, trade: Trade) -> bytes:
+        bad = malform(kind, raw, trade)
+        sent[b'{"stream":"btcusdt@trade","data":' + bad + b"}"] = kind
+        return bad
+
+    monkeypatch.setattr(simulator_server, "malform", recording)
+    reasons = {
+        "future_time": "event_time: Input should be at most",
+        "other_symbol": "symbol ETHUSDT does not match stream btcusdt@trade",
+        "excess_decimals": "price: Decimal input should have no more than 18 digits after the "
+        "point, not 19",
+    }
+    async with running_pipeline(pipeline_settings):
+        await subscribed(simulator, SYMBOLS)
+        simulator.emit(20, SYMBOLS)
+        simulator.config.malformed_ratio = 1.0
+        for kind in reasons:
+            monkeypatch.setattr(simulator_server, "MALFORMED_KINDS", (kind,))
+            simulator.emit(1, ["BTCUSDT"])
+            simulator.config.malformed_ratio = 0.0
+            simulator.emit(10, SYMBOLS)  # valid trades around each bad one
+            simulator.config.malformed_ratio = 1.0
+        simulator.config.malformed_ratio = 0.0
+        simulator.emit(20, SYMBOLS)
+        await settled(pipeline_settings, simulator, SYMBOLS)
+
+    assert sorted(sent.values()) == sorted(reasons)
+    for symbol in SYMBOLS:
+        assert await table_rows(pipeline_settings, symbol) == await tape(simulator, symbol)
+    got = {
+        record.value: dict(record.headers) for record in await dead_letters(pipeline_settings, 3)
+    }
+    assert set(got) == set(sent)
+    for frame, kind in sent.items():
+        assert got[frame]["error"].decode().startswith(reasons[kind]), got[frame]["error"]

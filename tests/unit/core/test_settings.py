@@ -47,6 +47,14 @@ def test_any_setting_can_be_overridden_as_section_double_underscore_key() -> Non
     assert settings.binance.backfill_max_trades == 10
 
 
+def test_the_allowed_clock_skew_is_five_minutes_unless_set() -> None:
+    assert load_settings({}).binance.max_clock_skew_ms == 300_000
+    settings = load_settings({"BINANCE__MAX_CLOCK_SKEW_S": "0.5"})
+    assert settings.binance.max_clock_skew_ms == 500
+    with pytest.raises(ConfigError, match=r"BINANCE__MAX_CLOCK_SKEW_S"):
+        load_settings({"BINANCE__MAX_CLOCK_SKEW_S": "0"})
+
+
 def test_roles_none_means_api_only_and_symbols_all_means_whole_market() -> None:
     settings = load_settings({"PIPELINE_ROLES": "none", "SYMBOLS": "all"})
     assert settings.roles == frozenset()

@@ -33,6 +33,7 @@ from devtools.simulator import (
     SimulatorConfig,
 )
 from devtools.simulator.__main__ import parse_args
+from devtools.simulator.market import YEAR_5000_MS, Market, Pending, malform
 
 START = 1_000_000  # SimulatorConfig.start_trade_id
 TRADE_TYPES = {
@@ -47,6 +48,7 @@ TRADE_TYPES = {
     "M": bool,
 }
 EIGHT_DECIMALS = re.compile(r"^[0-9]+\.[0-9]{8}$")
+TOO_MANY_PLACES = re.compile(r"^[0-9]+\.[0-9]{19,}$")
 
 StartExchange = Callable[..., Awaitable[BinanceSimulator]]
 
@@ -120,8 +122,9 @@ async def close_frame_received(ws: Connection) -> Close | None:
         return exc.rcvd
 
 
-def rejection(frame: str) -> str | None:
-    """A strict consumer's verdict on a stream frame: None if valid, else why it is rejected."""
+def rejection(frame: str, raw_stream: str | None = None) -> str | None:
+    """A strict consumer's verdict on a stream frame (of `raw_stream` when it has no wrapper):
+    None if valid, else why it is rejected."""
     if len(frame) > 4096:
         return "oversized"
     try:
@@ -129,12 +132,19 @@ def rejection(frame: str) -> str | None:
     except orjson.JSONDecodeError:
         return "invalid json"
     data = message.get("data", message)
+    stream = message.get("stream", raw_stream)
     if set(data) != set(TRADE_TYPES):
         return "fields"
     if any(type(data[key]) is not kind for key, kind in TRADE_TYPES.items()):
         return "types"
     if data["e"] != "trade":
         return "event"
+    if stream is not None and stream != data["s"].lower() + "@trade":
+        return "stream"
+    if max(data["E"], data["T"]) > time.time_ns() // 1_000_000 + 300_000:
+        return "future"
+    if TOO_MANY_PLACES.match(data["p"]) or TOO_MANY_PLACES.match(data["q"]):
+        return "places"
     if not (EIGHT_DECIMALS.match(data["p"]) and EIGHT_DECIMALS.match(data["q"])):
         return "decimal"
     return None
@@ -498,8 +508,29 @@ async def test_malformed_frames_are_rejected_by_a_strict_parser(exchange: StartE
     reasons = {rejection(frame) for frame in frames}
     assert None not in reasons
     # Every kind in MALFORMED_KINDS shows up; truncated and bad_json both read as invalid json.
-    assert reasons == {"oversized", "invalid json", "fields", "types", "event", "decimal"}
+    assert reasons == {
+        *("oversized", "invalid json", "fields", "types", "event", "decimal"),
+        *("stream", "future", "places"),
+    }
     assert len(sim.trades_emitted()["BTCUSDT"]) == 100, "the trades still happened"
+
+
+@pytest.mark.parametrize(
+    ("kind", "symbol", "changed"),
+    [
+        ("other_symbol", "BTCUSDT", {"s": "ETHUSDT"}),
+        ("other_symbol", "ETHUSDT", {"s": "BTCUSDT"}),
+        ("future_time", "SOLUSDT", {"E": YEAR_5000_MS, "T": YEAR_5000_MS}),
+        ("excess_decimals", "BTCUSDT", {"p": "65000.1000000000000000000"}),
+    ],
+)
+def test_out_of_bounds_kinds_change_only_their_field(
+    kind: str, symbol: str, changed: dict[str, Any]
+) -> None:
+    market = Market(symbol, 7, 10)
+    pending = Pending(market, b"65000.10000000", b"0.00100000", True)
+    trade, raw = market.execute(pending, 1_700_000_000_000)
+    assert orjson.loads(malform(kind, raw, trade)) == {**orjson.loads(raw), **changed}
 
 
 async def test_malformed_ratio_corrupts_about_that_share(exchange: StartExchange) -> None:
@@ -508,7 +539,7 @@ async def test_malformed_ratio_corrupts_about_that_share(exchange: StartExchange
         sim.emit(400, ["BTCUSDT"])
         frames = [await recv(ws) for _ in range(400)]
 
-    rejected = sum(rejection(frame) is not None for frame in frames)
+    rejected = sum(rejection(frame, "btcusdt@trade") is not None for frame in frames)
     assert 60 <= rejected <= 140
 
 

@@ -60,9 +60,9 @@ def trade(symbol: str, trade_id: int, **changes: Any) -> dict[str, Any]:
     return data
 
 
-def frame(symbol: str, trade_id: int, **changes: Any) -> bytes:
+def frame(symbol: str, trade_id: int, stream: str | None = None, **changes: Any) -> bytes:
     data = trade(symbol, trade_id, **changes)
-    return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data})
+    return orjson.dumps({"stream": stream or f"{symbol.lower()}@trade", "data": data})
 
 
 def make_source(
@@ -121,6 +121,16 @@ async def test_subscription_replies_are_returned_and_not_published() -> None:
         (frame("BTCUSDT", 1, t={"id": 1}), "trade_id"),
         (frame("BTCUSDT", 1, e="tradeV9"), "unknown event type"),
         (orjson.dumps({"stream": "x", "data": "text"}), "must be a JSON object"),
+        (frame("BTCUSDT", 1, T=95_617_584_000_000), "trade_time: Input should be at most"),
+        (frame("BTCUSDT", 1, E=1_498_867_199_999), "event_time: Input should be greater"),
+        (frame("BTCUSDT", 1, p="65000.1000000000000000000"), "price: Decimal input should"),
+        (frame("BTCUSDT", 1, q="1E-20000"), "quantity: Decimal input should"),
+        (frame("ETHUSDT", 1, "btcusdt@trade"), "symbol ETHUSDT does not match stream btcusdt"),
+        (frame("BTCUSDT", 1, "BTCUSDT@trade"), "symbol BTCUSDT does not match stream BTCUSDT"),
+        (
+            orjson.dumps({"data": trade("BTCUSDT", 1)}),
+            "symbol BTCUSDT does not match stream None",
+        ),
     ],
     ids=[
         "bad-json",
@@ -130,6 +140,13 @@ async def test_subscription_replies_are_returned_and_not_published() -> None:
         "wrong-type",
         "unknown-event",
         "data-not-object",
+        "year-5000",
+        "before-2017-07",
+        "19-decimals",
+        "scale-20000",
+        "symbol-not-the-streams",
+        "stream-upper-case",
+        "no-stream",
     ],
 )
 async def test_malformed_frames_go_to_dead_letter_with_reason(raw: bytes, reason: str) -> None:
@@ -141,6 +158,31 @@ async def test_malformed_frames_go_to_dead_letter_with_reason(raw: bytes, reason
     assert dead_raw == raw
     assert reason in dead_reason
     assert origin == "ws"
+
+
+async def test_a_trade_ahead_of_now_by_more_than_the_allowed_skew_is_dead_lettered() -> None:
+    source, publisher, _ = make_source(max_clock_skew_s=60)
+    await source.set_symbols(["BTCUSDT"])
+    now = time.time_ns() // 1_000_000
+    await source.handle_frame(frame("BTCUSDT", 1, T=now + 30_000, E=now + 30_000))
+    await source.handle_frame(frame("BTCUSDT", 2, T=now + 90_000))
+    await source.handle_frame(frame("BTCUSDT", 3, E=now + 90_000))
+    assert publisher.ids("BTCUSDT") == [1]
+    assert [reason.split(":")[0] for _, reason, _ in publisher.dead] == ["trade_time", "event_time"]
+
+
+async def test_a_trade_of_another_symbol_than_its_stream_is_not_published_under_either() -> None:
+    source, publisher, _ = make_source()
+    await source.set_symbols(["BTCUSDT", "ETHUSDT"])
+    await source.handle_frame(frame("ETHUSDT", 5))
+    await source.handle_frame(frame("ETHUSDT", 900, "btcusdt@trade"))
+    await source.handle_frame(frame("ETHUSDT", 6))
+    assert publisher.ids("ETHUSDT") == [5, 6]
+    assert publisher.ids("BTCUSDT") == []
+    [(_, reason, _)] = publisher.dead
+    assert reason == "symbol ETHUSDT does not match stream btcusdt@trade"
+    assert source.status().symbols["ETHUSDT"].last_trade_id == 6
+    assert source.status().gaps_found == 0
 
 
 async def test_status_counts_received_valid_and_invalid_frames() -> None:
