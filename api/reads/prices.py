@@ -1,6 +1,6 @@
 """The /prices reads: an asyncpg pool of their own, and rows encoded straight to JSON.
 
-GET /prices/{symbol} is the hot read (≥ 1,000 req/s, docs/perf.md); its latest answer per
+GET /prices/{symbol} is the hot read (docs/perf.md); its latest answer per
 symbol is kept briefly (RecentAnswers) and the route sends it. Through the SQLAlchemy engine
 most of a read's CPU went to building and compiling the statement, the pooled connection's
 pre-ping and transaction, and response-model validation; this path skips what buys nothing

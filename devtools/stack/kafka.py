@@ -55,7 +55,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs={data_dir}
-# The product creates its topics itself (design.md); a typo must not create a topic.
+# The product creates its topics itself (pipeline.kafka.admin); a typo must not create a topic.
 auto.create.topics.enable=false
 num.partitions=3
 default.replication.factor=1

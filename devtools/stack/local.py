@@ -19,7 +19,7 @@ DEFAULT_CONTROLLER_PORT = 19093
 
 @dataclass(frozen=True)
 class StackEnv:
-    """Where the pipeline finds its services: the two variables design.md names."""
+    """Where the pipeline finds its services: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL."""
 
     kafka_bootstrap_servers: str
     database_url: str

@@ -1,7 +1,8 @@
-"""Typed settings: defaults in config/settings.yaml, overridden by environment variables.
+"""Typed settings: defaults in settings.yaml (beside this module; config/settings.yaml links to
+it), overridden by environment variables.
 
 Loaded once at start by `load_settings()` and passed down; nothing reads the environment later.
-Environment names are the contract of design.md (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, ...);
+Environment names are a contract users rely on (ENV_NAMES: `KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, ...);
 every other setting can be overridden as `SECTION__KEY` (e.g. `KAFKA__LINGER_MS=5`).
 """
 

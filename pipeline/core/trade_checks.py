@@ -1,7 +1,7 @@
 """TradeEvent's field checks in plain Python, for the per-trade hot paths.
 
-pydantic spends ~5 µs per trade validating TradeEvent (model_validate on a Binance frame,
-model_validate_json on a Kafka record). These checks accept a *subset* of what TradeEvent
+pydantic's validation of TradeEvent (model_validate on a Binance frame, model_validate_json on
+a Kafka record) is the costliest step per trade (docs/perf.md). These checks accept a *subset* of what TradeEvent
 accepts, with the same values; a value they do not accept is not necessarily invalid, only not
 theirs to judge: the caller then asks TradeEvent, which decides and words the reason. So
 TradeEvent stays the contract (tests/unit/core/test_trade_checks.py and

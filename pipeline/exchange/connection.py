@@ -179,9 +179,9 @@ class StreamConnection:
         streams = url_streams(self._desired)
         url = f"{self._settings.ws_url}/stream?streams={'/'.join(streams)}"
         async with asyncio.timeout(OPEN_TIMEOUT_S):
-            # aiohttp, not websockets: its compiled frame reader costs ~1 µs a frame instead of
-            # ~4.4 (docs/perf.md), and the source is the pipeline's busiest process. It reads
-            # ahead at most ~128 kB before it stops reading the socket (backpressure).
+            # aiohttp, not websockets: its compiled frame reader costs a fraction of the CPU per
+            # frame (docs/perf.md), and the source is the pipeline's busiest process. It reads
+            # ahead a bounded amount before it stops reading the socket (backpressure).
             ws = await self._http.ws_connect(
                 url,
                 # Trade frames are small and we are CPU-bound at high rates: no deflate.

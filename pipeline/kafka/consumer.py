@@ -9,7 +9,7 @@ committing past it loses nothing.
 Batches are written one after the other and their offsets committed in the same order. Three
 steps of consecutive batches overlap: while batch N is written, N+1 is fetched and decoded (our
 CPU and PostgreSQL's at once), and while N+1 is written, N's offsets are committed (a round trip
-to the group coordinator, ~7 ms on Kafka 4's default append linger, off the critical path).
+to the group coordinator, kept off the critical path).
 
 No single record can stop the consumer. A record PostgreSQL refuses for good (a value beyond
 what the table stores, a constraint) is isolated (`isolation.store_isolating`: the rest of its

@@ -8,7 +8,7 @@ taking frames, the producer flushes what it accepted, the consumer finishes its 
 
 A role's modules are imported when the role starts: a worker process running one role loads
 only that role's libraries (the consumer's needs no SQLAlchemy, httpx or websockets), which
-keeps each process about 20 MB smaller.
+keeps each process smaller.
 """
 
 from __future__ import annotations

@@ -182,9 +182,8 @@ def rarer_collections() -> None:
     A worker's hot path keeps a whole batch of young objects alive (5,000 records, rows,
     Decimals: ~25,000 containers), which Python's default young-generation collections traverse
     again and again and then promote, feeding costly older collections. The hot paths create no
-    cycles (reference counting frees their objects), so rarer collections reclaim as much.
-    Measured in `make bench`: service CPU per row 17.9 → 13.8 µs, replay 88k → 103k rows/s,
-    the same peak RSS. What exists at startup (modules, settings) is frozen out of every scan.
+    cycles (reference counting frees their objects), so rarer collections reclaim as much for
+    far less CPU (docs/perf.md has the measurements). What exists at startup (modules, settings) is frozen out of every scan.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

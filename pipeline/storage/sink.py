@@ -13,15 +13,13 @@ stored in one transaction by one of two paths:
   which counts exactly the rows that were new, per symbol.
 
 Both COPY the batch in PostgreSQL's text format, written here (`copy_text`): asyncpg's binary
-COPY of the same tuples encodes each Decimal in Python-level code, ~3 µs of client CPU a row
-against ~0.6 µs for the text lines, and the server parses either at the same cost (measured on
-100k rows into the indexed table: client + server 6.1 µs/row binary, 3.2 text).
+COPY of the same tuples encodes each Decimal in Python-level code, several times the client CPU
+of writing the text lines, and the server parses either at the same cost.
 
-Either way a batch is stored whole or not at all, and a replay adds no row. Measured side by
-side on 200k fresh rows in batches of 5,000: the fast path runs at 0.90 to 0.98x a plain COPY
-of the same batches (one transaction each), the staging path at 0.63 to 0.73x (itself ~1.4x
-`unnest` and ~40x a row per transaction, perf.md). The SAVEPOINT costs one round trip each way
-per batch (~40 µs). Which path a batch takes is decided by `_PathChooser`.
+Either way a batch is stored whole or not at all, and a replay adds no row. The fast path runs
+close to a plain COPY of the same batches; the staging path is slower but still well ahead of
+`unnest` or a row per transaction (docs/perf.md has the measurements). The SAVEPOINT costs one
+round trip each way per batch. Which path a batch takes is decided by `_PathChooser`.
 
 A batch that is not stored says why in one of two ways (anything else is a bug, raised as it is):
 
@@ -132,10 +130,10 @@ class _PathChooser:
 
     A conflicting fast attempt is not free: asyncpg encodes and sends the whole batch before the
     server reports the violation, and then it is rolled back, before the staging path runs. On
-    a replay of a whole topic every batch conflicts: measured on 200k stored rows in batches of
-    5,000, trying the fast path first in every batch ran at 0.63 to 0.68x the rate of the staging
-    path alone (client CPU 3.7 → 6.3 µs/row), this rule at 0.94 to 1.00x. A batch sent to the
-    staging path needlessly costs less (~1.4x a fast batch, no wasted COPY). Hence:
+    a replay of a whole topic every batch conflicts, and trying the fast path first in every
+    batch ran clearly slower than the staging path alone, while this rule runs at the staging
+    path's own rate (docs/perf.md). A batch sent to the staging path needlessly costs less than
+    a wasted COPY. Hence:
 
     * a batch goes to staging while the previous batch had conflicts (known exactly from the
       staging path's count), so a long replay pays one failed attempt at its start and one

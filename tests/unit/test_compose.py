@@ -1,7 +1,7 @@
 """The container stack: docker-compose.yml, Dockerfile and .dockerignore, read as a specification.
 
 No Docker engine is needed (or used): the files are parsed and cross-checked against each
-other and against the configuration contract of docs/design.md, so a wrong listener, a
+other and against the configuration contract (README, pipeline.core.settings.ENV_NAMES), so a wrong listener, a
 mistyped env var or a dependency that never becomes healthy fails here, not at `docker
 compose up`.
 """
@@ -24,7 +24,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-TOPIC = "crypto_prices"  # the app's KAFKA_TOPIC default (design.md § Kafka)
+TOPIC = "crypto_prices"  # the app's KAFKA_TOPIC default (settings.yaml)
 DLQ_TOPIC = f"{TOPIC}.dlq"
 TOPIC_PARTITIONS = 3
 APP_PORT = 8000
@@ -40,7 +40,7 @@ OPTIONAL_SERVICES = {"kcat": "tools", "kafka-ui": "ui", "consumer": "consumer"}
 def app_env_contract() -> frozenset[str]:
     """Every environment variable the app reads: the names users and scripts rely on.
 
-    From docs/design.md § Configuration plus the runtime ones (HOST, PORT, LOG_FORMAT,
+    From the README's configuration table plus the runtime ones (HOST, PORT, LOG_FORMAT,
     LOG_LEVEL). The compose file may set only these for the app. This is the single place
     the list lives; it can be cross-checked against (or derived from) pipeline.settings.
     """

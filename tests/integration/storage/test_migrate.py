@@ -1,4 +1,4 @@
-"""The Alembic migration creates exactly the schema of design.md, and downgrades cleanly."""
+"""The Alembic migrations create exactly the schema of pipeline.storage.tables, and downgrade cleanly."""
 
 import pytest
 from alembic.autogenerate import compare_metadata
