@@ -20,17 +20,9 @@ from pipeline.kafka.admin import ensure_topics
 from pipeline.kafka.producer import EventProducer
 from tests.api_harness import eventually, serve
 from tests.factories import make_trades
+from tests.services import execute_sql
 
 pytestmark = pytest.mark.integration
-
-
-async def _execute(settings: Settings, *statements: str) -> None:
-    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 async def _produce(settings: Settings, trades: list[TradeEvent]) -> None:
@@ -66,7 +58,9 @@ async def test_ready_and_status_name_the_sink_while_postgresql_refuses_writes(
 
         # From now on new connections are read-only; the sink opens its first with the first
         # batch.
-        await _execute(settings, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await execute_sql(
+            settings, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+        )
         await _produce(settings, make_trades(["BTCUSDT"], 20))
         down = await eventually(lambda: _ready(client, 503), 30, "/ready 503")
         sink = down["detail"]["checks"]["sink"]
@@ -78,7 +72,7 @@ async def test_ready_and_status_name_the_sink_while_postgresql_refuses_writes(
         assert "25006" in consumer["last_error"]
         assert consumer["stored"] == 0
 
-        await _execute(
+        await execute_sql(
             settings,
             "SET default_transaction_read_only = off",  # this session is read-only too
             f'ALTER DATABASE "{name}" RESET default_transaction_read_only',

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.core.settings import Settings
@@ -19,6 +19,7 @@ from pipeline.kafka.consumer import TradeConsumer
 from pipeline.kafka.producer import EventProducer
 from pipeline.storage.sink import PostgresSink
 from tests.factories import keys, make_trades, rows_of
+from tests.services import dead_letters, execute_sql
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -204,35 +205,6 @@ async def test_a_batch_that_cannot_be_stored_stops_the_consumer_at_once_and_comm
 # --- no single record, and no refusal of the database or the DLQ, stops the consumer ----------
 
 
-async def execute(settings: Settings, *statements: str) -> None:
-    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-async def read_dead_letters(settings: Settings, count: int) -> list[ConsumerRecord]:
-    """The first `count` records of the DLQ topic; then a short wait for any more."""
-    dlq = AIOKafkaConsumer(
-        settings.kafka.dlq_topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-    )
-    await dlq.start()
-    try:
-        records: list[ConsumerRecord] = []
-        async with asyncio.timeout(30):
-            while len(records) < count:
-                records.append(await dlq.getone())
-        more = await dlq.getmany(timeout_ms=1000)
-        records += [record for batch in more.values() for record in batch]
-    finally:
-        await dlq.stop()
-    return records
-
-
 @contextlib.asynccontextmanager
 async def consuming(settings: Settings) -> AsyncIterator[tuple[TradeConsumer, asyncio.Task[None]]]:
     """A consumer running in a task of its own: a crash ends the task (the supervisor would
@@ -274,7 +246,7 @@ async def test_a_trade_postgresql_refuses_is_dead_lettered_and_the_rest_stored_e
     reason to stop them) that this database's CHECK constraint forbids: the same refusal as
     numeric's range or any other constraint, whatever the validators come to check."""
     await ensure_topics(settings.kafka)
-    await execute(
+    await execute_sql(
         settings,
         "ALTER TABLE crypto_prices ADD CONSTRAINT price_below_a_million CHECK (price < 1000000)",
     )
@@ -295,11 +267,11 @@ async def test_a_trade_postgresql_refuses_is_dead_lettered_and_the_rest_stored_e
     rows = await stored_keys(settings)
     assert len(rows) == len(trades)
     assert set(rows) == keys(trades)
-    dead_letters = await read_dead_letters(settings, len(poison))
-    assert sorted(record.value for record in dead_letters) == sorted(
+    letters = await dead_letters(settings, len(poison))
+    assert sorted(record.value for record in letters) == sorted(
         trade.to_kafka_value() for trade in poison
     )
-    for record in dead_letters:
+    for record in letters:
         headers = dict(record.headers)
         assert headers["source"] == b"sink"
         assert b"23514" in headers["error"]
@@ -321,7 +293,7 @@ async def test_a_read_only_database_holds_the_offsets_and_shows_why_until_it_is_
         name = await connection.fetchval("SELECT current_database()")
     finally:
         await connection.close()
-    await execute(settings, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    await execute_sql(settings, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
 
     async with consuming(settings) as (consumer, task):
         failing = await until_status(
@@ -335,7 +307,7 @@ async def test_a_read_only_database_holds_the_offsets_and_shows_why_until_it_is_
         assert (failing.rejected, failing.dead_letters) == (0, 0)
         assert not task.done()
 
-        await execute(
+        await execute_sql(
             settings,
             "SET default_transaction_read_only = off",  # this session is read-only too
             f'ALTER DATABASE "{name}" RESET default_transaction_read_only',
@@ -390,8 +362,8 @@ async def test_an_undeliverable_dead_letter_holds_the_offsets_until_the_dlq_take
         status = consumer.status()
 
     assert set(await stored_keys(settings)) == keys(trades)
-    dead_letters = await read_dead_letters(settings, 1)
-    assert [record.value for record in dead_letters][:1] == [garbage]
-    assert dict(dead_letters[0].headers)["source"] == b"kafka"
+    letters = await dead_letters(settings, 1)
+    assert [record.value for record in letters][:1] == [garbage]
+    assert dict(letters[0].headers)["source"] == b"kafka"
     assert status.dlq_up
     assert status.dead_letters >= 1

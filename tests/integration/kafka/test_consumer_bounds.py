@@ -18,13 +18,14 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from pipeline.core.settings import Settings
 from pipeline.kafka.admin import consumer_lag, ensure_topics
 from pipeline.kafka.consumer import TradeConsumer
 from pipeline.storage.sink import PostgresSink
 from tests.factories import keys, make_trades
+from tests.services import dead_letters
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -58,28 +59,6 @@ async def stored_rows(settings: Settings) -> dict[tuple[str, int], tuple[Decimal
     return {
         (r["symbol"], r["trade_id"]): (r["price"], r["quantity"], r["trade_time"]) for r in rows
     }
-
-
-async def dead_letters(settings: Settings, count: int) -> list[ConsumerRecord]:
-    """The records of the DLQ topic: once there are `count`, or all there are after 20 s."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[ConsumerRecord] = []
-    try:
-        partitions = [
-            TopicPartition(settings.kafka.dlq_topic, p) for p in range(settings.kafka.partitions)
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + 20
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 @contextlib.asynccontextmanager

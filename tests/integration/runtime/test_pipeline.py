@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import devtools.simulator.server as simulator_server
@@ -26,6 +24,7 @@ from pipeline.exchange.client import ExchangeClient
 from pipeline.kafka.admin import consumer_lag
 from pipeline.runtime.pipeline import Pipeline
 from pipeline.storage.tables import create_engine
+from tests.services import dead_letters
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -242,28 +241,6 @@ async def table_rows(settings: Settings, symbol: str) -> dict[int, tuple[str, st
     finally:
         await connection.close()
     return {r["trade_id"]: (str(r["price"]), str(r["quantity"]), r["trade_time"]) for r in rows}
-
-
-async def dead_letters(settings: Settings, count: int) -> list[ConsumerRecord]:
-    """The records of the DLQ topic: once there are `count`, or all there are after 20 s."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[ConsumerRecord] = []
-    try:
-        partitions = [
-            TopicPartition(settings.kafka.dlq_topic, p) for p in range(settings.kafka.partitions)
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + 20
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_trades_out_of_bounds_go_to_the_dlq_and_every_valid_trade_is_stored(

@@ -13,6 +13,7 @@ from pipeline.core.settings import Settings
 from pipeline.core.trades import TradeEvent
 from pipeline.storage.sink import PostgresSink, _PathChooser, copy_text, unique_rows
 from tests.factories import keys, make_trades, rows_of
+from tests.services import execute_sql
 
 pytestmark = pytest.mark.integration
 
@@ -265,15 +266,6 @@ async def test_a_symbol_that_would_break_the_copy_text_is_refused_and_nothing_st
 # --- refusals: a row's fault (split the batch) or the server's (retry) --------------------------
 
 
-async def execute(settings: Settings, *statements: str) -> None:
-    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 async def database_name(settings: Settings) -> str:
     connection = await asyncpg.connect(settings.database.asyncpg_dsn)
     try:
@@ -310,7 +302,7 @@ async def test_a_value_numeric_cannot_hold_rejects_the_batch_with_the_sqlstate_a
 async def test_a_check_violation_rejects_the_batch_naming_the_constraint(
     settings: Settings,
 ) -> None:
-    await execute(
+    await execute_sql(
         settings,
         "ALTER TABLE crypto_prices ADD CONSTRAINT price_below_a_million CHECK (price < 1000000)",
     )
@@ -338,7 +330,7 @@ async def test_a_read_only_database_is_retried_and_the_sink_reconnects_once_writ
     sink = PostgresSink(settings.database)
     try:
         assert await sink.write(trades[:10]) == 10
-        await execute(
+        await execute_sql(
             settings,
             f'ALTER DATABASE "{name}" SET default_transaction_read_only = on',
             # The sink's connections are new ones from now on: read-only.
@@ -351,7 +343,7 @@ async def test_a_read_only_database_is_retried_and_the_sink_reconnects_once_writ
             if "25006" in str(refused.value):
                 break
         assert "25006" in str(refused.value), str(refused.value)
-        await execute(
+        await execute_sql(
             settings,
             "SET default_transaction_read_only = off",  # this session is read-only too
             f'ALTER DATABASE "{name}" RESET default_transaction_read_only',
