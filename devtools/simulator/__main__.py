@@ -31,6 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
     parser.add_argument("--duplicates", type=float, default=0.0, help="ratio of resent frames")
     parser.add_argument("--ping-interval", type=float, default=20.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--history-days", type=float, default=0.0, help="past tape per symbol")
+    parser.add_argument("--history-rate", type=float, default=1.0, help="its trades/s")
+    parser.add_argument("--weight-limit", type=int, help="REST weight/min before 429")
     args = parser.parse_args(argv)
     try:
         config = SimulatorConfig(
@@ -43,6 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
             duplicate_ratio=args.duplicates,
             ping_interval_s=args.ping_interval,
             seed=args.seed,
+            history_days=args.history_days,
+            history_rate_per_s=args.history_rate,
+            rest_weight_limit=args.weight_limit,
         )
     except ValueError as exc:
         parser.error(str(exc))

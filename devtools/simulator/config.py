@@ -26,6 +26,14 @@ class SimulatorConfig:
     max_pending_frames: int = 10_000  # per-connection outbox bound (slow-consumer cut-off)
     seed: int = 0
     start_trade_id: int = 1_000_000
+    # The past tape (devtools/simulator/history.py): trades that happened before the simulator
+    # started, served by historicalTrades and aggTrades for history jobs.
+    history_days: float = 0.0  # days of past trades per symbol
+    history_rate_per_s: float = 1.0  # their rate
+    history_end_ms: int | None = None  # where the past ends (default: when the simulator is built)
+    # REST weight per clock minute above which requests get 429 (Binance: 6000); None: counted
+    # (X-MBX-USED-WEIGHT-1M, BinanceSimulator.rest_weight) but never refused.
+    rest_weight_limit: int | None = None
 
     def __post_init__(self) -> None:
         for symbol in self.symbols:
@@ -36,3 +44,7 @@ class SimulatorConfig:
                 raise ValueError(f"{name}: must be between 0 and 1")
         if self.rate_per_symbol < 0 or self.burst_size < 0:
             raise ValueError("rate_per_symbol and burst_size: must not be negative")
+        if self.history_days < 0 or self.history_rate_per_s <= 0:
+            raise ValueError("history_days: must not be negative; history_rate_per_s: positive")
+        if self.rest_weight_limit is not None and self.rest_weight_limit < 1:
+            raise ValueError("rest_weight_limit: must be positive (or None)")
