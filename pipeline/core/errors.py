@@ -17,5 +17,9 @@ class SinkUnavailable(PipelineError):
     """PostgreSQL cannot take the batch now; the consumer retries without committing offsets."""
 
 
+class JobStoreUnavailable(PipelineError):
+    """The history jobs' table cannot be reached now; the job runner waits and tries again."""
+
+
 class StackError(PipelineError):
     """The local Kafka/PostgreSQL stack cannot start or stop."""
