@@ -158,6 +158,11 @@ class BinanceSimulator:
             self._markets[symbol] = market
             self._tapes[symbol] = history.Tape(past, market)
 
+    @property
+    def history_end_ms(self) -> int:
+        """Where the past tape ends and the live one begins (epoch ms)."""
+        return self._history_end_ms
+
     def history_trades(self, symbol: str, start_ms: int, end_ms: int) -> list[Trade]:
         """Ground truth of a time window: every trade of `symbol` with start_ms <= time <=
         end_ms, from the past tape and the live one (as far as its history keeps)."""

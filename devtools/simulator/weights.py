@@ -3,7 +3,7 @@
 Weights are Binance's spot values for the endpoints the simulator serves. Over the limit
 (`SimulatorConfig.rest_weight_limit`) a request is refused with 429, Binance's -1003 body and a
 Retry-After up to the next minute, and is not counted. Tests read `by_minute` (the weight of
-every minute so far) and `refused` to check that a client stays under its budget.
+every minute so far), `refused` and `log` (the requests counted) to check what a client asked.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class WeightMeter:
         self.limit = limit
         self.by_minute: dict[int, int] = {}
         self.refused = 0
+        self.log: list[str] = []  # every request target counted, in order
         self._clock = clock
 
     def used(self) -> int:
@@ -60,6 +61,7 @@ class WeightMeter:
                 "polling the API.",
             }
         self.by_minute[minute] = used + weight
+        self.log.append(target)
         return None
 
     def retry_after_s(self) -> int:
