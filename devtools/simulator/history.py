@@ -218,6 +218,16 @@ class Tape:
             trades += self.market.trades_from(start, limit - len(trades))
         return trades
 
+    def ids_between(self, start_ms: int, end_ms: int) -> range:
+        """The ids of the trades with start_ms <= time <= end_ms (ids grow with time), without
+        building the trades: cheap for any window."""
+        return range(self._first_id_at(start_ms), self._first_id_at(end_ms + 1))
+
+    def _first_id_at(self, time_ms: int) -> int:
+        index = self.first_agg_at(time_ms)
+        agg = self.agg(index) if index < self.agg_count else None
+        return agg.first_id if agg is not None else self.market.next_id
+
     def trades_between(self, start_ms: int, end_ms: int) -> list[Trade]:
         """Every trade with start_ms <= time <= end_ms, past and live (the ground truth)."""
         past = self.past

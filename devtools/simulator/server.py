@@ -168,6 +168,10 @@ class BinanceSimulator:
         end_ms, from the past tape and the live one (as far as its history keeps)."""
         return self._tapes[symbol].trades_between(start_ms, end_ms)
 
+    def history_ids(self, symbol: str, start_ms: int, end_ms: int) -> range:
+        """The ids of `history_trades(symbol, start_ms, end_ms)`, computed in a few steps."""
+        return self._tapes[symbol].ids_between(start_ms, end_ms)
+
     def trades_emitted(self) -> dict[str, set[int]]:
         """Ground truth: every trade id that happened per symbol, delivered or not."""
         return {symbol: set(m.executed_ids()) for symbol, m in self._markets.items()}

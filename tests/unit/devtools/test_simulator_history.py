@@ -141,6 +141,7 @@ async def test_agg_trades_time_window_holds_exactly_the_trades_of_that_time(
     aggs = await agg_trades(sim, startTime=start, endTime=end, limit=1000)
     assert aggs and all(start <= a["T"] <= end for a in aggs)
     window = sim.history_trades("BTCUSDT", start, end)
+    assert sim.history_ids("BTCUSDT", start, end) == range(window[0].id, window[-1].id + 1)
     assert [t.id for t in window] == list(range(aggs[0]["f"], aggs[-1]["l"] + 1))
     before = await agg_trades(sim, startTime=start - 10_000, endTime=start - 1)
     assert before and before[-1]["T"] < start and before[-1]["l"] == aggs[0]["f"] - 1
