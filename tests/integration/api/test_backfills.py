@@ -252,7 +252,9 @@ async def test_a_job_stores_exactly_the_trades_of_its_window_with_exact_prices(
     assert any(t.time == start for t in expected) or expected[0].time > start
     async with serve(settings) as client:
         job_id = await start_job(client, "ETHUSDT", start, end)
+        unlisted = await start_job(client, "NOPEUSDT", start, end)  # not checked: verify off
         job = await finished(client, job_id)
+        refused = await finished(client, unlisted)
 
         async def metrics_updated() -> str | None:
             text = (await client.get("/metrics")).text
@@ -260,6 +262,7 @@ async def test_a_job_stores_exactly_the_trades_of_its_window_with_exact_prices(
 
         metrics = await eventually(metrics_updated, 5, "the jobs gauge counts the job done")
     assert job["state"] == "done", job
+    assert refused["state"] == "failed" and "-1121" in refused["last_error"], refused
     assert job["fetched"] == job["stored"] == len(expected)
     assert job["first_id"] == expected[0].id
     assert job["last_id"] == expected[-1].id
