@@ -48,7 +48,7 @@ run: migrate ## run the service against live Binance on HOST:PORT
 
 demo: migrate ## run the service against the built-in Binance simulator
 	@source $(STACK_ENV) && \
-	  $(BIN)/python -m devtools.simulator --port $(SIM_PORT) & sim=$$!; \
+	  $(BIN)/python -m devtools.simulator --port $(SIM_PORT) --history-days 7 & sim=$$!; \
 	  trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	  source $(STACK_ENV) && \
 	  BINANCE_WS_URL=ws://127.0.0.1:$(SIM_PORT) BINANCE_REST_URL=http://127.0.0.1:$(SIM_PORT) \

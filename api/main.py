@@ -54,6 +54,10 @@ TAGS = [
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "symbols", "description": "The tracked symbols; changes reach every producer ≤ 2 s."},
     {"name": "prices", "description": "Stored trades: latest, history, candles."},
+    {
+        "name": "backfills",
+        "description": "History jobs: a symbol's past trades, fetched on demand.",
+    },
     {"name": "pipeline", "description": "Consumer lag and this instance's status."},
     {"name": "metrics", "description": "Prometheus metrics."},
 ]

@@ -30,6 +30,7 @@ class BenchConfig:
     latency_poll_s: float = 0.01  # the same during the latency phase (its resolution)
     phase_timeout_s: float = 300.0  # any single wait (rows stored, lag 0, service start)
     stall_timeout_s: float = 60.0  # rows awaited but none stored for this long: fail the phase
+    history_trades: int = 480_000  # the history-job phase: two minutes at the REST ceiling
     use_stack_env: bool = False
     profile: bool = False
     quick: bool = False
@@ -47,6 +48,7 @@ class BenchConfig:
             latency_window_s=5.0,
             phase_timeout_s=60.0,
             stall_timeout_s=30.0,
+            history_trades=20_000,
             quick=True,
         )
         return dataclasses.replace(quick, **overrides)  # type: ignore[arg-type]

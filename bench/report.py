@@ -214,6 +214,8 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
                 for who, key in (("api", "api_realtime"), ("load_generator", "realtime"))
             },
         },
+        # No target (docs/perf.md): how close a history job comes to the REST weight ceiling.
+        "history": raw.get("history"),
         "rss_mb_peak": rss_peak,
         "rss_mb": raw["rss_mb"],
         "cpu_us_per_row": {
@@ -329,6 +331,15 @@ def format_table(report: dict[str, Any]) -> str:
         ("backlog replay (consumer-only service)", "replay_msgs_per_s"),
     ):
         lines.append(f"{label:<52}{_fmt(rates[key]):>14}")
+    history = report.get("history") or {}
+    lines.append(
+        f"{'history job (trades/s from REST into PostgreSQL)':<52}"
+        f"{_fmt(history.get('trades_per_s')):>14}"
+    )
+    lines.append(
+        f"{'  ÷ REST weight ceiling (240,000 trades/min)':<52}"
+        f"{_fmt(history.get('vs_weight_ceiling')):>14}"
+    )
     lines += [
         "",
         f"{'latency (ms)':<52}{'p50':>8}{'p95':>8}{'p99':>8}",

@@ -17,6 +17,7 @@ from typing import Any
 from bench import baselines
 from bench.config import RESULTS_DIR, BenchConfig
 from bench.feed import Feed, symbols_for
+from bench.history import history_phase
 from bench.phases import LiveSession
 from bench.probe import RowCheck, StoredProbe, wait_lag_zero
 from bench.report import machine_info
@@ -274,11 +275,22 @@ async def run_bench(config: BenchConfig, stack: BenchStack, log_dir: Path) -> di
             )
             if index == 0:
                 break
+    history: dict[str, Any] | None = None
+    try:
+        history = await history_phase(config, stack, log_dir)
+        if history["state"] != "done" or history["stored"] != history["expected"]:
+            run.failures.append(f"history job: {history['state']}, {history['stored']} stored")
+        if history["weight_refused"]:
+            run.failures.append(f"history job: {history['weight_refused']} requests refused (429)")
+    except Exception as exc:
+        run.failures.append(f"history job: {type(exc).__name__}: {exc}")
+        log.error("[history] failed: %s: %s (service log in %s)", type(exc).__name__, exc, log_dir)
     return {
         "started_at": started,
         "duration_s": round(time.time() - started, 1),
         "machine": machine,
         "variants": variants,
+        "history": history,
         "checks": run.checks,
         "failures": run.failures,
         "rss_mb": run.rss_mb,

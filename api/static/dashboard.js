@@ -10,6 +10,8 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const SPARK_W = 120;
   const SPARK_H = 28;
+  const JOBS_SHOWN = 10;
+  const HOUR_MS = 3_600_000;
 
   const $ = (id) => document.getElementById(id);
   const rows = new Map(); // symbol → {row, cells}
@@ -329,6 +331,100 @@
     }
   }
 
+  // -- rendering: history jobs ----------------------------------------------------------
+
+  function formatWindow(start, end) {
+    const iso = (ms) => new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+    const from = iso(start);
+    const to = iso(end);
+    return from.slice(0, 10) === to.slice(0, 10) ? `${from} → ${to.slice(11)}` : `${from} → ${to}`;
+  }
+
+  function formatEta(seconds) {
+    if (typeof seconds !== "number" || !Number.isFinite(seconds)) return "—";
+    if (seconds < 90) return `${Math.round(seconds)} s`;
+    if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  function cell(text, className) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    td.textContent = text;
+    return td;
+  }
+
+  function jobRow(job) {
+    const row = document.createElement("tr");
+    row.dataset.id = String(job.id);
+    row.dataset.state = job.state;
+
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.className = "symbol";
+    name.textContent = `#${job.id} ${job.symbol}`;
+
+    const state = document.createElement("td");
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = job.state;
+    state.appendChild(badge);
+    if (job.last_error) {
+      const error = document.createElement("span");
+      error.className = "job-error";
+      error.textContent = job.last_error;
+      state.appendChild(error);
+    }
+
+    const progressCell = document.createElement("td");
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    if (typeof job.progress === "number") bar.value = job.progress;
+    else if (job.state !== "running") bar.value = 0;
+    bar.setAttribute("aria-label", `job ${job.id} progress`);
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = typeof job.progress === "number" ? `${(job.progress * 100).toFixed(1)} %` : "";
+    progressCell.append(bar, pct);
+
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    if (job.state === "queued" || job.state === "running") {
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.className = "remove secondary";
+      cancel.textContent = "Cancel";
+      cancel.setAttribute("aria-label", `Cancel job ${job.id}`);
+      cancel.addEventListener("click", () => cancelJob(job.id, cancel));
+      actions.appendChild(cancel);
+    }
+
+    row.append(
+      name,
+      cell(formatWindow(job.start, job.end), "window"),
+      state,
+      progressCell,
+      cell(formatCount(job.fetched), "num"),
+      cell(formatCount(job.stored), "num"),
+      cell(typeof job.rate === "number" ? `${formatCount(Math.round(job.rate))} /s` : "—", "num"),
+      cell(formatEta(job.eta_s), "num"),
+      actions,
+    );
+    return row;
+  }
+
+  function renderJobs(result) {
+    if (!result.ok) {
+      setText("jobs-count", describeError(result));
+      return;
+    }
+    const jobs = result.data.items;
+    $("jobs-body").replaceChildren(...jobs.map(jobRow));
+    $("jobs-empty").hidden = jobs.length > 0;
+    const active = jobs.filter((job) => job.state === "queued" || job.state === "running").length;
+    setText("jobs-count", active ? `${active} active` : "");
+  }
+
   // -- polling --------------------------------------------------------------------------
 
   // Lag asks Kafka (up to 5 s when it is down): polled on its own, so prices stay live.
@@ -353,11 +449,13 @@
     clearTimeout(timer);
     try {
       pollLag();
-      const [symbols, prices, status] = await Promise.all([
+      const [symbols, prices, status, jobs] = await Promise.all([
         request("GET", "/symbols"),
         request("GET", "/prices"),
         request("GET", "/pipeline/status"),
+        request("GET", `/backfills?limit=${JOBS_SHOWN}`),
       ]);
+      renderJobs(jobs);
       if (!symbols.ok || !prices.ok || !status.ok) {
         const failed = [symbols, prices, status].find((r) => !r.ok);
         setLive("down", `API error ${describeError(failed)}`);
@@ -441,6 +539,60 @@
     }
   }
 
+  function showJobMessage(text, kind) {
+    const el = $("job-message");
+    el.textContent = text;
+    el.dataset.kind = kind;
+  }
+
+  async function startJob(event) {
+    event.preventDefault();
+    const input = $("job-symbol");
+    const button = $("job-button");
+    const symbol = input.value.trim();
+    if (!symbol) {
+      showJobMessage("Enter a symbol, e.g. ETHUSDT.", "error");
+      input.focus();
+      return;
+    }
+    const end = Date.now() - 1000;
+    const start = end - Number($("job-hours").value) * HOUR_MS;
+    button.disabled = true;
+    showJobMessage(`Starting a history job for ${symbol}…`, "info");
+    try {
+      const result = await request("POST", "/backfills", { symbol, start, end });
+      if (result.ok) {
+        showJobMessage(`Job #${result.data.id} queued: ${result.data.symbol}'s trades are on their way.`, "ok");
+        input.value = "";
+        poll();
+      } else {
+        showJobMessage(describeError(result), "error");
+        input.focus();
+      }
+    } catch (error) {
+      showJobMessage(`Request failed: ${error.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function cancelJob(id, button) {
+    button.disabled = true;
+    try {
+      const result = await request("DELETE", `/backfills/${id}`);
+      if (result.ok) {
+        showJobMessage(`Job #${id} cancelled; what it stored stays.`, "ok");
+        poll();
+      } else {
+        showJobMessage(describeError(result), "error");
+      }
+    } catch (error) {
+      showJobMessage(`Request failed: ${error.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function renderKeyStatus() {
     setText("key-status", storedKey() ? "A key is stored for this tab and sent with changes." : "No key stored.");
   }
@@ -464,6 +616,7 @@
 
   function start() {
     $("add-form").addEventListener("submit", addSymbol);
+    $("job-form").addEventListener("submit", startJob);
     $("key-form").addEventListener("submit", saveKey);
     $("key-clear").addEventListener("click", clearKey);
     renderKeyStatus();

@@ -54,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
         metavar="SYMBOL@SECONDS",
         help="delist SYMBOL (exchangeInfo: BREAK) that long after start (repeatable)",
     )
+    parser.add_argument("--history-days", type=float, default=0.0, help="past tape per symbol")
+    parser.add_argument("--history-rate", type=float, default=1.0, help="its trades/s")
+    parser.add_argument("--weight-limit", type=int, help="REST weight/min before 429")
     args = parser.parse_args(argv)
     try:
         config = SimulatorConfig(
@@ -68,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
             seed=args.seed,
             odd_listings=[name for name in args.odd_listings.split(",") if name],
             listing_changes=[*args.list_at, *args.delist_at],
+            history_days=args.history_days,
+            history_rate_per_s=args.history_rate,
+            rest_weight_limit=args.weight_limit,
         )
     except ValueError as exc:
         parser.error(str(exc))

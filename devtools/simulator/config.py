@@ -62,6 +62,14 @@ class SimulatorConfig:
     odd_listings: list[str] = field(default_factory=list)
     # Listings and delistings over time, applied by the clock (paused or not).
     listing_changes: list[ListingChange] = field(default_factory=list)
+    # The past tape (devtools/simulator/history.py): trades that happened before the simulator
+    # started, served by historicalTrades and aggTrades for history jobs.
+    history_days: float = 0.0  # days of past trades per symbol
+    history_rate_per_s: float = 1.0  # their rate
+    history_end_ms: int | None = None  # where the past ends (default: when the simulator is built)
+    # REST weight per clock minute above which requests get 429 (Binance: 6000); None: counted
+    # (X-MBX-USED-WEIGHT-1M, BinanceSimulator.rest_weight) but never refused.
+    rest_weight_limit: int | None = None
 
     def __post_init__(self) -> None:
         for symbol in self.symbols:
@@ -82,3 +90,7 @@ class SimulatorConfig:
                 raise ValueError(f"listing_changes: {change} (at_s >= 0, list or delist)")
             if not SYMBOL_RE.fullmatch(change.symbol):
                 raise ValueError(f"listing_changes: {change.symbol!r} is not a Binance symbol")
+        if self.history_days < 0 or self.history_rate_per_s <= 0:
+            raise ValueError("history_days: must not be negative; history_rate_per_s: positive")
+        if self.rest_weight_limit is not None and self.rest_weight_limit < 1:
+            raise ValueError("rest_weight_limit: must be positive (or None)")

@@ -32,7 +32,7 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from devtools.simulator import rest
+from devtools.simulator import history, rest
 from devtools.simulator.config import SimulatorConfig
 from devtools.simulator.market import (
     MALFORMED_KINDS,
@@ -41,9 +41,11 @@ from devtools.simulator.market import (
     TRADE_SUFFIX,
     Market,
     Pending,
+    Trade,
     malform,
 )
 from devtools.simulator.subscriber import Subscriber
+from devtools.simulator.weights import WeightMeter
 
 _TICK_S = 0.02  # clock resolution: trades due since the last tick are produced together
 _FLOOD_CHUNK = 256  # trades executed between two backpressure checks in flood()
@@ -66,6 +68,9 @@ class BinanceSimulator:
         # What exchangeInfo shows, name → status, in listing order: the markets (TRADING, or
         # BREAK once delisted) and the odd listings (no market behind them).
         self._listed: dict[str, str] = {}
+        self._tapes: dict[str, history.Tape] = {}  # past and live, as aggTrades sees them
+        self._history_end_ms = config.history_end_ms or _now_ms()
+        self.rest_weight = WeightMeter(config.rest_weight_limit)
         for symbol in config.symbols:
             self.add_listing(symbol)
         for name in config.odd_listings:
@@ -149,9 +154,19 @@ class BinanceSimulator:
         if not SYMBOL_RE.fullmatch(symbol):
             raise ValueError(f"{symbol!r} is not an upper-case Binance symbol")
         if symbol not in self._markets:
-            self._markets[symbol] = Market(
-                symbol, self.config.start_trade_id, self.config.history_size
+            cfg = self.config
+            market = Market(symbol, cfg.start_trade_id, cfg.history_size)
+            past = history.PastTape(
+                market,
+                cfg.seed,
+                cfg.start_trade_id,
+                cfg.history_days,
+                cfg.history_rate_per_s,
+                self._history_end_ms,
             )
+            market.first_id = market.next_id = past.next_id  # live trades follow the past
+            self._markets[symbol] = market
+            self._tapes[symbol] = history.Tape(past, market)
         self._listed[symbol] = rest.TRADING
 
     def delist(self, symbol: str, *, status: str | None = rest.DELISTED) -> None:
@@ -179,6 +194,20 @@ class BinanceSimulator:
     def trading(self) -> list[str]:
         """The markets trading now (listed as TRADING)."""
         return [s for s in self._markets if self._listed.get(s) == rest.TRADING]
+
+    @property
+    def history_end_ms(self) -> int:
+        """Where the past tape ends and the live one begins (epoch ms)."""
+        return self._history_end_ms
+
+    def history_trades(self, symbol: str, start_ms: int, end_ms: int) -> list[Trade]:
+        """Ground truth of a time window: every trade of `symbol` with start_ms <= time <=
+        end_ms, from the past tape and the live one (as far as its history keeps)."""
+        return self._tapes[symbol].trades_between(start_ms, end_ms)
+
+    def history_ids(self, symbol: str, start_ms: int, end_ms: int) -> range:
+        """The ids of `history_trades(symbol, start_ms, end_ms)`, computed in a few steps."""
+        return self._tapes[symbol].ids_between(start_ms, end_ms)
 
     def trades_emitted(self) -> dict[str, set[int]]:
         """Ground truth: every trade id that happened per symbol, delivered or not."""
@@ -296,12 +325,16 @@ class BinanceSimulator:
         """Answer REST paths here; let WS paths with valid streams through to the handshake."""
         path = urlsplit(request.path).path
         if path.startswith("/api/"):
-            answer = rest.answer(
-                request.path, self._markets, self._listed, rest_lag_s=self.config.rest_lag_s
+            answer = (
+                self.rest_weight.charge(request.path)
+                or history.answer(request.path, self._tapes)
+                or rest.answer(
+                    request.path, self._markets, self._listed, rest_lag_s=self.config.rest_lag_s
+                )
             )
             if answer is None:
                 return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-            return _json_response(*answer)
+            return _json_response(*answer, rest_weight=self.rest_weight)
         if path in ("/ws", "/stream") or path.startswith("/ws/"):
             try:
                 _parse_ws_target(request.path)
@@ -424,7 +457,7 @@ def _error(code: int, msg: str, rid: object) -> bytes:
     return orjson.dumps({"error": {"code": code, "msg": msg}, "id": rid})
 
 
-def _json_response(status: int, body: object) -> Response:
+def _json_response(status: int, body: object, rest_weight: WeightMeter | None = None) -> Response:
     data = orjson.dumps(body)
     headers = Headers(
         [
@@ -433,6 +466,10 @@ def _json_response(status: int, body: object) -> Response:
             ("Connection", "close"),  # one request per connection: websockets cannot keep-alive
         ]
     )
+    if rest_weight is not None:
+        headers["X-MBX-USED-WEIGHT-1M"] = str(rest_weight.used())
+        if status == 429:
+            headers["Retry-After"] = str(rest_weight.retry_after_s())
     return Response(status, HTTPStatus(status).phrase, headers, data)
 
 

@@ -23,5 +23,9 @@ class RowsRejected(PipelineError):
     SQLSTATE, goes to the DLQ with it."""
 
 
+class JobStoreUnavailable(PipelineError):
+    """The history jobs' table cannot be reached now; the job runner waits and tries again."""
+
+
 class StackError(PipelineError):
     """The local Kafka/PostgreSQL stack cannot start or stop."""

@@ -84,6 +84,24 @@ SYMBOLS_SKIPPED = Counter(
     ["origin"],  # exchange (listed by exchangeInfo) or registry (a row in tracked_symbols)
 )
 
+HISTORY_TRADES = Counter(
+    "pipeline_history_trades_total",
+    "Trades fetched by history jobs (POST /backfills) and published",
+    ["symbol"],
+)
+HISTORY_JOBS = Gauge(
+    "pipeline_history_jobs", "History jobs in the backfill_jobs table by state", ["state"]
+)
+HISTORY_JOBS_RUNNING = Gauge(
+    "pipeline_history_jobs_running", "History jobs this instance is running"
+)
+REST_WEIGHT = Counter(
+    "pipeline_rest_weight_total",
+    "Exchange REST request weight spent: foreground (gap filling, symbol checks) or "
+    "background (history jobs)",
+    ["priority"],
+)
+
 
 # Bound methods, held weakly: a hook goes away with its object (a source replaced, a test's).
 _collect_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []

@@ -204,6 +204,16 @@ class BinanceSettings(_Section):
     @property
     def max_clock_skew_ms(self) -> int:
         return round(self.max_clock_skew_s * 1000)
+    # History jobs (POST /backfills): the longest range one job may ask for, how many run at
+    # once per instance, and the share of rest_weight_per_minute they may use — the rest is
+    # kept for gap filling, which also goes first whenever it waits.
+    history_max_days: PositiveInt = 31
+    history_jobs_at_once: PositiveInt = 2
+    history_weight_share: float = Field(0.9, gt=0, le=1)
+    # A running job's owner renews its claim this often; a claim older than history_stale_s
+    # (its instance died) is taken over by another instance.
+    history_heartbeat_s: PositiveFloat = 2.0
+    history_stale_s: PositiveFloat = 20.0
 
     @field_validator("ws_url")
     @classmethod

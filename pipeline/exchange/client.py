@@ -1,7 +1,8 @@
 """ExchangeClient: the few Binance REST calls the pipeline needs (backfill and symbol checks).
 
-Every request first reserves its weight from a per-minute budget (`rest_weight_per_minute`), so a
-long backfill paces itself instead of getting the IP banned. 5xx, 429/418 and network errors are
+Every request first reserves its weight from a per-minute budget (`rest_weight_per_minute`, also
+kept per clock minute), so a long backfill paces itself instead of getting the IP banned; history
+jobs' requests yield it to gap filling (`RestBudget`). 5xx, 429/418 and network errors are
 retried with jittered exponential backoff; a Retry-After from the exchange is honoured by every
 caller (the budget pauses), and a used-weight header at our limit pauses until the next minute.
 """
@@ -21,12 +22,16 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import BinanceSettings
 from pipeline.core.symbol_names import SkippedNames
-from pipeline.exchange.pacing import WeightBudget
+from pipeline.exchange.pacing import RestBudget
 
 logger = logging.getLogger(__name__)
 
 # Request weights from Binance's spot REST docs.
 HISTORICAL_TRADES_WEIGHT = 25
+AGG_TRADES_WEIGHT = 4
+AGG_TRADES_MAX_LIMIT = 1000
+# aggTrades refuses a startTime..endTime window longer than an hour (-1127).
+AGG_TRADES_MAX_WINDOW_MS = 3_600_000 - 1
 EXCHANGE_INFO_WEIGHT = 20
 EXCHANGE_INFO_SYMBOL_WEIGHT = 2
 HISTORICAL_TRADES_MAX_LIMIT = 1000
@@ -84,7 +89,7 @@ class ExchangeClient:
             transport=transport,
             headers={"Accept": "application/json"},
         )
-        self._budget = WeightBudget(settings.rest_weight_per_minute)
+        self._budget = RestBudget(settings.rest_weight_per_minute, settings.history_weight_share)
         self._weight_limit = settings.rest_weight_per_minute
         self._max_attempts = settings.rest_max_attempts
         self._retry_backoff_s = retry_backoff_s
@@ -100,18 +105,51 @@ class ExchangeClient:
         await self._client.aclose()
 
     async def historical_trades(
-        self, symbol: str, from_id: int | None, limit: int = HISTORICAL_TRADES_MAX_LIMIT
+        self,
+        symbol: str,
+        from_id: int | None,
+        limit: int = HISTORICAL_TRADES_MAX_LIMIT,
+        *,
+        background: bool = False,
     ) -> list[dict[str, Any]]:
-        """Trades with id >= from_id in ascending order (the newest ones when from_id is None)."""
+        """Trades with id >= from_id in ascending order (the newest ones when from_id is None).
+        `background`: a history job's request, which yields the weight budget to gap filling."""
         params: dict[str, Any] = {
             "symbol": symbol.upper(),
             "limit": max(1, min(limit, HISTORICAL_TRADES_MAX_LIMIT)),
         }
         if from_id is not None:
             params["fromId"] = from_id
-        data = await self._get("/api/v3/historicalTrades", params, HISTORICAL_TRADES_WEIGHT)
+        data = await self._get(
+            "/api/v3/historicalTrades", params, HISTORICAL_TRADES_WEIGHT, background
+        )
         if not isinstance(data, list):
             raise ExchangeError(200, None, f"historicalTrades answered {type(data).__name__}")
+        return data
+
+    async def agg_trades(
+        self,
+        symbol: str,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = AGG_TRADES_MAX_LIMIT,
+        *,
+        background: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Aggregate trades with start_ms <= T <= end_ms (at most an hour apart), oldest first,
+        or the newest ones without times; each carries `f`/`l`, the first and last trade id it
+        aggregates."""
+        params: dict[str, Any] = {
+            "symbol": symbol.upper(),
+            "limit": max(1, min(limit, AGG_TRADES_MAX_LIMIT)),
+        }
+        if start_ms is not None:
+            params["startTime"] = start_ms
+        if end_ms is not None:
+            params["endTime"] = end_ms
+        data = await self._get("/api/v3/aggTrades", params, AGG_TRADES_WEIGHT, background)
+        if not isinstance(data, list):
+            raise ExchangeError(200, None, f"aggTrades answered {type(data).__name__}")
         return data
 
     async def listings(self) -> Listings:
@@ -139,12 +177,14 @@ class ExchangeClient:
             raise
         return any(item.get("symbol") == symbol for item in _symbols_of(data))
 
-    async def _get(self, path: str, params: dict[str, Any], weight: int) -> Any:
+    async def _get(
+        self, path: str, params: dict[str, Any], weight: int, background: bool = False
+    ) -> Any:
         backoff = Backoff(*self._retry_backoff_s)
         attempt = 1
         while True:
             try:
-                return await self._request(path, params, weight)
+                return await self._request(path, params, weight, background)
             except _Retryable as exc:
                 if attempt >= self._max_attempts:
                     raise ExchangeUnavailable(
@@ -160,8 +200,10 @@ class ExchangeClient:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def _request(self, path: str, params: dict[str, Any], weight: int) -> Any:
-        await self._budget.spend(weight)
+    async def _request(
+        self, path: str, params: dict[str, Any], weight: int, background: bool = False
+    ) -> Any:
+        await self._budget.spend(weight, background=background)
         try:
             response = await self._client.get(path, params=params)
         except httpx.TransportError as exc:
@@ -192,6 +234,8 @@ class ExchangeClient:
 
     def _respect_used_weight(self, response: httpx.Response) -> None:
         used = response.headers.get(USED_WEIGHT_HEADER)
+        if used is not None and used.isdigit():
+            self._budget.observe_used(int(used))
         if used is not None and used.isdigit() and int(used) >= self._weight_limit:
             # Binance counts weight per clock minute; wait for the next one.
             self._budget.pause_until(time.monotonic() + 60.0 - time.time() % 60.0)

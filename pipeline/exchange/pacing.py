@@ -3,6 +3,8 @@
 - `Pacer`: evenly spaced outgoing messages (Binance closes a connection sending > 5 messages/s).
 - `AttemptWindow`: at most N connection attempts per sliding window (Binance: 300 per 5 min).
 - `WeightBudget`: REST request weight per minute, a token bucket that callers reserve from.
+- `MinuteWindow`: REST weight per clock minute, as the exchange counts it.
+- `RestBudget`: both, in two priorities: gap filling first, history jobs with what is left.
 
 All take a clock so their arithmetic can be tested without sleeping. Reconnect delays are not
 exchange-specific: they follow the common retry policy, `pipeline.core.retry.Backoff`.
@@ -15,7 +17,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from pipeline.core import metrics
+
 Clock = Callable[[], float]
+# How often a background spender looks again while it waits for weight.
+BACKGROUND_POLL_S = 0.25
 
 
 class Pacer:
@@ -100,3 +106,126 @@ class WeightBudget:
         delay = self.reserve(weight)
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def wait_for(self, weight: int, keep: float = 0.0) -> float:
+        """How long until `weight` can be taken leaving `keep` in the bucket (no debt, no
+        pause); 0 when it can be taken now. Takes nothing: see `take()`."""
+        now = self._clock()
+        tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        short = weight + keep - tokens
+        return max(short / self._rate if short > 0 else 0.0, self._paused_until - now)
+
+    def take(self, weight: int) -> None:
+        """Spend `weight` now (after `wait_for()` said 0, in the same step of the event loop)."""
+        self.reserve(weight)
+
+
+class MinuteWindow:
+    """Weight per clock minute, as the exchange counts it (`X-MBX-USED-WEIGHT-1M`).
+
+    The token bucket alone may spend up to twice its size in one clock minute (a full bucket
+    and a minute of refill); this keeps every clock minute within `limit` as well. The
+    exchange's own count (the header) is folded in, so weight spent by other processes of the
+    same IP counts too.
+    """
+
+    def __init__(self, limit: int, clock: Clock = time.time) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._minute = -1
+        self._used = 0
+
+    def _current(self) -> float:
+        now = self._clock()
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._minute, self._used = minute, 0
+        return now
+
+    def wait_for(self, weight: int, limit: int | None = None) -> float:
+        """0 when this minute has room for `weight` under `limit` (default: the whole limit),
+        else the seconds until the next minute starts."""
+        now = self._current()
+        if self._used + weight <= (self._limit if limit is None else limit):
+            return 0.0
+        return 60.0 - now % 60 + 0.01
+
+    def take(self, weight: int) -> None:
+        self._current()
+        self._used += weight
+
+    def observe(self, used: int) -> None:
+        """The exchange says this minute has used `used` weight so far."""
+        self._current()
+        self._used = max(self._used, used)
+
+
+class RestBudget:
+    """The REST weight every request of one client spends, in two priorities.
+
+    Foreground requests (gap filling, symbol checks) take their weight as soon as the bucket
+    and the minute allow. Background requests (history jobs) only take weight nobody waits
+    for: while a foreground request is waiting they wait, and they leave `1 - background_share`
+    of the bucket and of every minute untouched, so a gap found during a long history job is
+    fetched at once. Live data first: a history job can always wait.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        background_share: float = 1.0,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self.bucket = WeightBudget(per_minute, clock)
+        self.minute = MinuteWindow(per_minute, wall_clock)
+        self._background_limit = max(1, int(per_minute * background_share))
+        self._keep = per_minute - self._background_limit
+        self._foreground_waiting = 0
+        self.spent = {"foreground": 0, "background": 0}
+
+    def reserve(self, weight: int) -> float:
+        """Take `weight` as a foreground request does; how long to wait before using it."""
+        delay = max(self.bucket.reserve(weight), self.minute.wait_for(weight))
+        self.minute.take(weight)
+        return delay
+
+    def pause_until(self, deadline: float) -> None:
+        self.bucket.pause_until(deadline)
+
+    def observe_used(self, used: int) -> None:
+        self.minute.observe(used)
+
+    async def spend(self, weight: int, *, background: bool = False) -> None:
+        if background:
+            await self._spend_background(weight)
+            return
+        self._foreground_waiting += 1
+        try:
+            await self.bucket.spend(weight)
+            while True:
+                delay = self.minute.wait_for(weight)
+                if delay <= 0:
+                    break
+                await asyncio.sleep(delay)  # until the next clock minute
+            self.minute.take(weight)
+        finally:
+            self._foreground_waiting -= 1
+        self.spent["foreground"] += weight
+        metrics.REST_WEIGHT.labels("foreground").inc(weight)
+
+    async def _spend_background(self, weight: int) -> None:
+        while True:
+            delay = max(
+                self.bucket.wait_for(weight, self._keep),
+                self.minute.wait_for(weight, self._background_limit),
+                BACKGROUND_POLL_S if self._foreground_waiting else 0.0,
+            )
+            if delay <= 0:
+                self.bucket.take(weight)
+                self.minute.take(weight)
+                self.spent["background"] += weight
+                metrics.REST_WEIGHT.labels("background").inc(weight)
+                return
+            # Look again soon: foreground requests may come and go meanwhile.
+            await asyncio.sleep(min(delay, BACKGROUND_POLL_S))

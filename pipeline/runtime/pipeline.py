@@ -2,6 +2,7 @@
 
 producer role: SymbolRegistry → BinanceSource → EventProducer → Kafka (SYMBOLS applied to the
 registry at start, and with SYMBOLS=ALL exchangeInfo followed: pipeline/runtime/symbols.py)
+               HistoryJobs → HistoryRunner → its own EventProducer → Kafka (history jobs)
 consumer role: Kafka → TradeConsumer → PostgresSink
 Each role runs as a SupervisedTask. Stop order drains the path front to back: the source stops
 taking frames, the producer flushes what it accepted, the consumer finishes its batch.
@@ -91,6 +92,7 @@ class Pipeline:
         self._exchange = exchange
         self._producer_role: _ProducerRole | None = None
         self._consumer_role: _ConsumerRole | None = None
+        self._history_producer: EventProducer | None = None
         self._started_at = time.time()
 
     @cached_property
@@ -138,6 +140,7 @@ class Pipeline:
             SupervisedTask("producer", producer.run),
             SupervisedTask("source", lambda: source.run(source.symbols or tracked)),
             SupervisedTask("symbols", self._follow_registry),
+            *self._history_tasks(),
         ]
         if self.settings.symbols == ALL_SYMBOLS:
             listings = ListingsFollower(
@@ -147,6 +150,25 @@ class Pipeline:
         self._producer_role = role
         for task in role.tasks:
             task.start()
+
+    def _history_tasks(self) -> list[SupervisedTask]:
+        """History jobs (POST /backfills): a runner with a producer of its own, so that its
+        pages (acknowledged one at a time, see HistoryRunner) never hold up live trades."""
+        from pipeline.exchange.history import HistoryRunner
+        from pipeline.kafka.producer import EventProducer
+        from pipeline.storage.jobs import HistoryJobs
+
+        if self._engine is None:
+            raise RuntimeError("history jobs need a database engine")
+        producer = EventProducer(self.settings.kafka)
+        runner = HistoryRunner(
+            self.settings.binance, self.exchange, producer, HistoryJobs(self._engine)
+        )
+        self._history_producer = producer
+        return [
+            SupervisedTask("history producer", producer.run),
+            SupervisedTask("history", runner.run),
+        ]
 
     def _start_consumer_role(self) -> None:
         from pipeline.kafka.consumer import TradeConsumer
@@ -185,6 +207,11 @@ class Pipeline:
         if self._producer_role is not None:
             role = self._producer_role
             by_name = {task.name: task for task in role.tasks}
+            # The history runner hands its jobs back; what it published is flushed.
+            await by_name["history"].stop(left())
+            if self._history_producer is not None:
+                await self._history_producer.drain(left() / 4)
+            await by_name["history producer"].stop(left())
             for name in ("listings", "symbols", "source", "topics"):
                 if name in by_name:
                     await by_name[name].stop(left())

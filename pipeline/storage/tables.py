@@ -9,9 +9,13 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
+    Double,
+    Identity,
     Index,
+    Integer,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -24,7 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pipeline.core.settings import DatabaseSettings
 from pipeline.core.trades import CRYPTO_PRICES_COLUMNS
 
-__all__ = ["CRYPTO_PRICES_COLUMNS", "create_engine", "crypto_prices", "metadata", "tracked_symbols"]
+__all__ = [
+    "CRYPTO_PRICES_COLUMNS",
+    "backfill_jobs",
+    "create_engine",
+    "crypto_prices",
+    "metadata",
+    "tracked_symbols",
+]
 
 metadata = MetaData()
 
@@ -56,6 +67,42 @@ tracked_symbols = Table(
     Column("added_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("source", Text, nullable=False, server_default="api"),
 )
+
+# History jobs (POST /backfills), resumable: `position` is the next trade id to fetch, saved
+# after each page is in Kafka; `owner`/`heartbeat_at` make sure one instance runs a job.
+backfill_jobs = Table(
+    "backfill_jobs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("symbol", Text, nullable=False),
+    Column("start_time", BigInteger, nullable=False),  # epoch ms, inclusive
+    Column("end_time", BigInteger, nullable=False),  # epoch ms, inclusive
+    Column("state", Text, nullable=False, server_default="queued"),
+    Column("first_id", BigInteger),
+    Column("last_id", BigInteger),
+    Column("position", BigInteger),
+    Column("fetched", BigInteger, nullable=False, server_default="0"),
+    Column("stored", BigInteger, nullable=False, server_default="0"),
+    Column("stored_to", BigInteger),
+    Column("missing", BigInteger, nullable=False, server_default="0"),
+    Column("pages", BigInteger, nullable=False, server_default="0"),
+    Column("errors", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("rate", Double),
+    Column("owner", Text),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint(
+        "state IN ('queued', 'running', 'done', 'failed', 'cancelled')",
+        name="backfill_jobs_state",
+    ),
+    CheckConstraint("end_time > start_time", name="backfill_jobs_range"),
+)
+# Runners look for the queued and running jobs, oldest first.
+Index("ix_backfill_jobs_state_id", backfill_jobs.c.state, backfill_jobs.c.id)
 
 if tuple(column.name for column in crypto_prices.columns) != CRYPTO_PRICES_COLUMNS:
     raise RuntimeError("pipeline.core.trades.CRYPTO_PRICES_COLUMNS no longer matches crypto_prices")

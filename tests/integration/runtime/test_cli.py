@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.storage import migrate
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -36,4 +37,4 @@ def test_migrate_reports_the_database_at_head(make_settings: Callable[..., Setti
     settings = make_settings()
     result = run_cli("migrate", DATABASE_URL=settings.database.url, LOG_FORMAT="console")
     assert result.returncode == 0, result.stderr
-    assert "0001" in result.stderr + result.stdout
+    assert f"database at revision {migrate.head_revision()}" in result.stderr + result.stdout
