@@ -204,6 +204,7 @@ class BinanceSettings(_Section):
     @property
     def max_clock_skew_ms(self) -> int:
         return round(self.max_clock_skew_s * 1000)
+
     # History jobs (POST /backfills): the longest range one job may ask for, how many run at
     # once per instance, and the share of rest_weight_per_minute they may use — the rest is
     # kept for gap filling, which also goes first whenever it waits.
