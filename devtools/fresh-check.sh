@@ -77,6 +77,9 @@ for suite in $SUITES; do
   cp -a "$rootfs" "$dir"
   cp "$CA" "$dir/root/ca.crt"
   cp /etc/resolv.conf "$dir/etc/resolv.conf"
+  # debootstrap writes no /etc/hosts (an installed system has one): without it `localhost`
+  # does not resolve, and chromedriver, which the browser test talks to there, is unreachable.
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$dir/etc/hosts"
   mount -t proc proc "$dir/proc" && MOUNTED+=("$dir/proc")
   mount --rbind /dev "$dir/dev" && MOUNTED+=("$dir/dev")
   mount -t sysfs sys "$dir/sys" && MOUNTED+=("$dir/sys")
