@@ -100,3 +100,17 @@ class PriceReads:
     ) -> list[Row]:
         rows = await self._pool.fetch(CANDLES, symbol, interval_ms, start, end, limit)
         return [dict(row) for row in rows]
+
+    # The push feed's resume (api.stream): trades by id, oldest first.
+
+    async def trades_by_id(self, symbol: str, first_id: int, last_id: int, limit: int) -> list[Row]:
+        rows = await self._pool.fetch(trades.TRADES_BY_ID, symbol, first_id, last_id, limit)
+        return [dict(row) for row in rows]
+
+    async def newest_trade_by_id(self, symbol: str) -> Row | None:
+        row = await self._pool.fetchrow(trades.NEWEST_TRADE_BY_ID, symbol)
+        return None if row is None else dict(row)
+
+    async def newest_trade_ids(self, symbols: list[str]) -> dict[str, int | None]:
+        rows = await self._pool.fetch(trades.NEWEST_TRADE_IDS, symbols)
+        return {row["symbol"]: row["trade_id"] for row in rows}
