@@ -69,10 +69,11 @@ as `GET /prices/{symbol}`, or `event: backfill` for an older trade the exchange 
 later. The first event is `ready`; the last, when the server ends the stream, is `close` with the
 reason (`slow`: the client fell more than `stream.client_buffer` events behind).
 
-Each event's `id` is the position in every subscribed symbol (`BTCUSDT:123,ETHUSDT:456`; ids not
-received yet follow `~` as distances below it: `BTCUSDT:123~23-13` lacks 100 to 110). Reconnecting with `Last-Event-ID` (which
-EventSource sends by itself) or `?after=` resumes exactly: every trade missed, from the table,
-then live — no gap, no repeat, per symbol in trade-id order.
+Each event's `id` is the position in every subscribed symbol (`BTCUSDT:123,ETHUSDT:456`; ids
+not received yet follow `~` as distances below it: `BTCUSDT:123~23-13` lacks 100 to 110).
+Reconnecting with `Last-Event-ID` (which EventSource sends by itself) or `?after=` resumes
+exactly: every trade missed, from the table, then live — no gap, no repeat, per symbol in
+trade-id order. `WS /ws` (not in this schema) serves the same stream over a WebSocket.
 """
 
 
@@ -162,6 +163,7 @@ def _client(settings: Settings, wanted: StreamRequest, framing: Any) -> StreamCl
     summary="Live trades as Server-Sent Events, resumable with Last-Event-ID",
     description=STREAM_DESCRIPTION,
     response_class=EventStreamResponse,
+    status_code=200,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
         401: {
