@@ -27,8 +27,9 @@ or at or above it (pending). Should the pending events outgrow the client's buff
 table is read, they are dropped and the seam moves to the feed's position at that point; the
 next round reads the table again from where the client got to.
 
-Conflated clients (`?conflate=`) share one sampler per interval: each tick it hands them the
-newest trade of each symbol that changed. Their catch-up is the newest stored trade per symbol.
+Conflated clients (`?conflate=`) share one sampler per interval: each tick it hands them the last
+trade of each symbol to arrive in that interval (unless it is older than what they were shown:
+a backfill). Their catch-up is the newest stored trade per symbol; they do not wait for the sink.
 
 A feed that loses its place (a reset of the tail) closes every stream with `feed_reset`: the
 clients resume from the table, which is exact. Shutdown closes every stream with `shutdown`
@@ -51,9 +52,10 @@ from api.stream.client import CloseReason, StreamClient
 from api.stream.events import FeedEvent
 from api.stream.positions import BACKFILL, NO_TRADE, SymbolPosition
 from pipeline.core import metrics
+from pipeline.core.errors import InvalidTrade
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import Settings
-from pipeline.kafka.tail import SinkProgress, TailBatch, TradeTail
+from pipeline.kafka.tail import SinkProgress, TailBatch, TailRecord, TradeTail
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +78,16 @@ class StreamUnavailable(Exception):
 
 
 class _Sampler:
-    """The conflated clients of one interval: each tick, the newest trade of each symbol."""
+    """The conflated clients of one interval: each tick, the newest trade of each symbol.
+
+    It keeps the last record of each symbol to arrive and decodes only that one at the tick: a
+    symbol that trades thousands of times a second costs one decode per interval here.
+    """
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self.by_symbol: dict[str, set[StreamClient]] = {}
-        self.latest: dict[str, FeedEvent] = {}
+        self.latest: dict[str, TailRecord] = {}
         self.task: asyncio.Task[None] | None = None
 
     def add(self, client: StreamClient) -> None:
@@ -105,7 +111,14 @@ class _Sampler:
             await asyncio.sleep(max(tick - loop.time(), 0))
             latest, self.latest = self.latest, {}
             count = 0
-            for symbol, event in latest.items():
+            for symbol, record in latest.items():
+                try:
+                    row = record.row()
+                except InvalidTrade:
+                    continue
+                if row[0] != symbol:
+                    continue
+                event = FeedEvent.from_row(row)
                 for client in self.by_symbol.get(symbol, ()):
                     count += client.offer_latest(event)
             sent(count)
@@ -121,7 +134,8 @@ class StreamHub:
         self._catching: dict[str, set[StreamClient]] = {}
         self._samplers: dict[float, _Sampler] = {}
         self._sampled: dict[str, int] = {}  # symbol → conflated clients that want it
-        self._keys: dict[bytes, int] = {}  # Kafka keys (symbols) some client wants → clients
+        self._keys: dict[bytes, str] = {}  # Kafka keys some client wants → their symbol
+        self._wanted: dict[str, int] = {}  # symbol → how many clients want it
         self._positions: dict[int, int] = {}
         self._ready = asyncio.Event()
         self._tail_task: asyncio.Task[None] | None = None
@@ -376,32 +390,40 @@ class StreamHub:
             self._sampled,
             self._samplers,
         )
+        keys = self._keys
         for record in batch.records:
-            symbol = record.row[0]
+            symbol = keys.get(record.key or b"")
+            if symbol is None:
+                continue
             receivers = live.get(symbol)
             waiting = catching.get(symbol)
-            if not (receivers or waiting or symbol in sampled):
-                continue
-            event = FeedEvent.from_row(record.row)
-            lags.append(max(now_ms - record.timestamp_ms, 0) / 1000)
-            if waiting:
-                for client in waiting:
-                    if client.collect(event):
-                        overflowed.append(client)
-            if receivers:
-                for client in receivers:
-                    kind = client.offer(event)
-                    if kind is not None:
-                        if kind is BACKFILL:
-                            backfills += 1
-                        else:
-                            trades += 1
+            if receivers or waiting:
+                try:
+                    row = record.row()
+                except InvalidTrade:
+                    continue  # not a trade: the sink dead-letters it
+                if row[0] != symbol:  # keyed otherwise than its symbol: follow the trade
+                    symbol = row[0]
+                    receivers = live.get(symbol)
+                    waiting = catching.get(symbol)
+                event = FeedEvent.from_row(row)
+                lags.append(max(now_ms - record.timestamp_ms, 0) / 1000)
+                if waiting:
+                    for client in waiting:
+                        if client.collect(event):
+                            overflowed.append(client)
+                if receivers:
+                    for client in receivers:
+                        kind = client.offer(event)
+                        if kind is not None:
+                            if kind is BACKFILL:
+                                backfills += 1
+                            else:
+                                trades += 1
             if symbol in sampled:
                 for sampler in samplers.values():
                     if symbol in sampler.by_symbol:
-                        latest = sampler.latest.get(symbol)
-                        if latest is None or event.trade_id > latest.trade_id:
-                            sampler.latest[symbol] = event
+                        sampler.latest[symbol] = record
         self._positions = batch.positions
         if not self._ready.is_set():
             self._ready.set()
@@ -472,12 +494,13 @@ class StreamHub:
                 self._want(symbol, -1)
 
     def _want(self, symbol: str, change: int) -> None:
-        key = symbol.encode()
-        count = self._keys.get(key, 0) + change
+        count = self._wanted.get(symbol, 0) + change
         if count > 0:
-            self._keys[key] = count
+            self._wanted[symbol] = count
+            self._keys[symbol.encode()] = symbol
         else:
-            self._keys.pop(key, None)
+            self._wanted.pop(symbol, None)
+            self._keys.pop(symbol.encode(), None)
 
     def _forget(self, client: StreamClient) -> None:
         if client not in self._clients:

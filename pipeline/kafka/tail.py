@@ -3,9 +3,11 @@
 TradeTail: a consumer without a group (group_id None). It joins no group, commits nothing and
 assigns itself every partition, so any number of API processes tail the topic side by side
 without touching the sink's group or each other. It starts at the end of every partition (what
-was there before is the table's to serve) and yields batches of decoded trades together with
-the position reached in every partition: the next offset it will read there. A reader that
-takes each batch in full before asking for the next knows exactly which records it has seen.
+was there before is the table's to serve) and yields batches of records together with the
+position reached in every partition: the next offset it will read there. A reader that takes
+each batch in full before asking for the next knows exactly which records it has seen. A record
+is decoded (`row()`, records.py's decoder) only when the reader needs the trade: a reader that
+samples a symbol looks at one record of it per interval, not at all of them.
 
 Kafka going away and coming back loses nothing: aiokafka reconnects by itself, and when the
 consumer has to be rebuilt it resumes at the positions the tail reached. Only a position that
@@ -30,7 +32,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import OffsetOutOfRangeError
 
-from pipeline.core.errors import InvalidTrade
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
 from pipeline.core.trades import Row
@@ -57,7 +58,12 @@ class TailRecord:
     partition: int
     offset: int
     timestamp_ms: int  # the record's timestamp (the producer's send time)
-    row: Row
+    key: bytes | None  # the symbol
+    value: bytes | None
+
+    def row(self) -> Row:
+        """The trade; InvalidTrade for a record that is not one (the sink dead-letters it)."""
+        return row_from_kafka(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ class TailBatch:
     records: list[TailRecord]
     positions: dict[int, int]
     reset: bool = False
-    skipped: int = field(default=0)  # records not wanted or not trades
+    skipped: int = field(default=0)  # records whose key was not wanted
 
 
 class TopicMissing(Exception):
@@ -90,7 +96,6 @@ class TradeTail:
         self._wanted = wanted
         self._max_records = max_records
         self._positions: dict[int, int] = {}
-        self.poison = 0  # records that are not trades (the sink dead-letters them)
 
     async def batches(self) -> AsyncIterator[TailBatch]:
         """Batches until the caller stops iterating (or cancels). Outages are waited out."""
@@ -181,13 +186,9 @@ class TradeTail:
                 if not wanted(record.key):
                     skipped += 1
                     continue
-                try:
-                    row = row_from_kafka(record.value)
-                except InvalidTrade:
-                    self.poison += 1
-                    skipped += 1
-                    continue
-                records.append(TailRecord(partition, record.offset, record.timestamp, row))
+                records.append(
+                    TailRecord(partition, record.offset, record.timestamp, record.key, record.value)
+                )
             if batch:
                 self._positions[partition] = batch[-1].offset + 1
         return TailBatch(records, dict(self._positions), skipped=skipped)
