@@ -227,23 +227,40 @@ class LiveSession:
         await self.feed.steady(config.stream_rate, window)
         alone = self.cpu.stop()
         bots = StreamClients(
+            self.service.port, config.stream_clients, self.feed.symbols, each="one"
+        )
+        kafka_reader = StreamClients(
             self.service.port,
-            config.stream_clients,
+            0,
             self.feed.symbols,
-            each="one",
             bootstrap=kafka.bootstrap_servers,
             topic=kafka.topic,
         )
         try:
+            await kafka_reader.start(config.phase_timeout_s)
             await bots.start(config.phase_timeout_s)
-            meter = CpuMeter({**self.cpu.processes, "clients": (bots.pid, False)})
+            meter = CpuMeter(
+                {
+                    **self.cpu.processes,
+                    "clients": (bots.pid, False),
+                    "reader": (kafka_reader.pid, False),
+                }
+            )
             await bots.begin()
+            await kafka_reader.begin()
             meter.start()
             await self.feed.steady(config.stream_rate, window)
             cores = meter.stop()
             steady = await bots.end()
+            direct = await kafka_reader.end()
         finally:
             await bots.close()
+            await kafka_reader.close()
+        steady["kafka_direct_ms"] = direct["kafka_direct_ms"]
+        p99, direct_p99 = steady["latency_ms"].get("p99"), direct["kafka_direct_ms"].get("p99")
+        steady["added_p99_ms"] = (
+            round(p99 - direct_p99, 1) if p99 is not None and direct_p99 is not None else None
+        )
         delivered = sum(steady["events"].get(k, 0) for k in ("trade", "backfill"))
         added_cores = cores["service"] - alone["service"]
         steady["cpu_cores"] = cores

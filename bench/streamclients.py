@@ -1,16 +1,17 @@
 """Many push-feed clients in a process of their own, and `StreamClients` that drives it.
 
 `python -m bench.streamclients --port P --clients 1000 --symbols A,B,C [--each one|all]
-[--conflate 100ms] --bootstrap H:P --topic T` opens the SSE connections (raw HTTP/1.1 on asyncio
-streams, uvloop when available), waits until every one has its `ready` event, prints `ready`,
-then obeys lines on stdin: `start` opens a measurement window, `stop` closes it and prints one
-JSON line of its figures, `quit` hangs up and exits.
+[--conflate 100ms] [--bootstrap H:P --topic T]` opens the SSE connections (raw HTTP/1.1 on
+asyncio streams, uvloop when available), waits until every one has its `ready` event, prints
+`ready`, then obeys lines on stdin: `start` opens a measurement window, `stop` closes it and
+prints one JSON line of its figures, `quit` hangs up and exits.
 
 Per window: events received (by kind), per client and in total; `close` events by reason and
 connections ended; and the latency of trades, sampled on a few clients: the wall time an event
-arrived minus the trade's `trade_time`. The same latency is measured next to it by a consumer of
-this process reading the topic directly (no group, from its end), so `added` is what the push
-feed adds to Kafka: the two share this process, its clock and its share of the CPU.
+arrived minus the trade's `trade_time`. With `--bootstrap` the process also reads the topic
+directly (no group, from its end) and measures the same latency there: the baseline of what
+the push feed adds to Kafka. The bench runs that reader in a process of its own (`--clients 0`),
+so that parsing a thousand streams does not delay it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
+import resource
 import sys
 import time
 from collections import Counter
@@ -160,6 +162,8 @@ async def _main(args: argparse.Namespace) -> None:
         clients.tasks.append(asyncio.create_task(clients.run_one(index)))
         if index % 50 == 49:
             await asyncio.sleep(0.05)  # a ramp, not a thundering herd of connects
+    if args.clients == 0:
+        clients.all_ready.set()
     try:
         await asyncio.wait_for(clients.all_ready.wait(), args.ready_timeout)
     except TimeoutError:
@@ -185,6 +189,14 @@ async def _main(args: argparse.Namespace) -> None:
     await asyncio.gather(*clients.tasks, *([kafka] if kafka else []), return_exceptions=True)
 
 
+def _allow_open_files(needed: int) -> None:
+    """A socket per client: raise the soft limit on open files towards the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.streamclients")
     parser.add_argument("--host", default="127.0.0.1")
@@ -197,6 +209,7 @@ def main() -> None:
     parser.add_argument("--topic", default="")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     args = parser.parse_args()
+    _allow_open_files(args.clients + 256)
     try:
         import uvloop
     except ImportError:

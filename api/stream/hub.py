@@ -27,9 +27,10 @@ or at or above it (pending). Should the pending events outgrow the client's buff
 table is read, they are dropped and the seam moves to the feed's position at that point; the
 next round reads the table again from where the client got to.
 
-Conflated clients (`?conflate=`) share one sampler per interval: each tick it hands them the last
-trade of each symbol to arrive in that interval (unless it is older than what they were shown:
-a backfill). Their catch-up is the newest stored trade per symbol; they do not wait for the sink.
+Conflated clients (`?conflate=`) share one sampler per interval: each tick it hands them the
+newest trade of each symbol that arrived in that interval (newer than what they were shown:
+backfilled trades never reach them). Their catch-up is the newest stored trade per symbol; they
+do not wait for the sink.
 
 A feed that loses its place (a reset of the tail) closes every stream with `feed_reset`: the
 clients resume from the table, which is exact. Shutdown closes every stream with `shutdown`
@@ -80,19 +81,26 @@ class StreamUnavailable(Exception):
 class _Sampler:
     """The conflated clients of one interval: each tick, the newest trade of each symbol.
 
-    It keeps the last record of each symbol to arrive and decodes only that one at the tick: a
-    symbol that trades thousands of times a second costs one decode per interval here.
+    It keeps the record of each symbol's newest trade (by the id read from the value) and decodes
+    only that one at the tick: a symbol that trades thousands of times a second costs one decode
+    per interval here.
     """
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self.by_symbol: dict[str, set[StreamClient]] = {}
-        self.latest: dict[str, TailRecord] = {}
+        self.latest: dict[str, tuple[TailRecord, int | None]] = {}
         self.task: asyncio.Task[None] | None = None
 
     def add(self, client: StreamClient) -> None:
         for symbol in client.symbols:
             self.by_symbol.setdefault(symbol, set()).add(client)
+
+    def keep(self, symbol: str, record: TailRecord, trade_id: int | None) -> None:
+        """The record, unless the one kept is of a newer trade (this one is a backfill)."""
+        kept = self.latest.get(symbol)
+        if kept is None or trade_id is None or kept[1] is None or trade_id > kept[1]:
+            self.latest[symbol] = (record, trade_id)
 
     def remove(self, client: StreamClient) -> None:
         for symbol in client.symbols:
@@ -104,14 +112,12 @@ class _Sampler:
                     self.latest.pop(symbol, None)
 
     async def run(self, sent: Callable[[int], None]) -> None:
-        loop = asyncio.get_running_loop()
-        tick = loop.time()
         while True:
-            tick += self.interval_s
-            await asyncio.sleep(max(tick - loop.time(), 0))
+            # A full interval after the last tick, however late that one ran: never two at once.
+            await asyncio.sleep(self.interval_s)
             latest, self.latest = self.latest, {}
             count = 0
-            for symbol, record in latest.items():
+            for symbol, (record, _) in latest.items():
                 try:
                     row = record.row()
                 except InvalidTrade:
@@ -421,9 +427,10 @@ class StreamHub:
                             else:
                                 trades += 1
             if symbol in sampled:
+                newest = record.trade_id()
                 for sampler in samplers.values():
                     if symbol in sampler.by_symbol:
-                        sampler.latest[symbol] = record
+                        sampler.keep(symbol, record, newest)
         self._positions = batch.positions
         if not self._ready.is_set():
             self._ready.set()

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotCoordinatorError,
+    OffsetOutOfRangeError,
+)
 
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import KafkaSettings
@@ -42,9 +47,16 @@ from pipeline.kafka.records import row_from_kafka
 logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (0.2, 5.0)
+COORDINATOR_RETRY_S = (0.1, 1.0)
+_COORDINATOR_NOT_READY = (
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+)
 POLL_TIMEOUT_MS = 500
 MAX_RECORDS = 2_000
 
+_TRADE_ID_FIELD = b'"trade_id":'
 # Which records to decode, by their key (the symbol); the others are skipped but counted as read.
 KeyFilter = Callable[[bytes | None], bool]
 
@@ -64,6 +76,22 @@ class TailRecord:
     def row(self) -> Row:
         """The trade; InvalidTrade for a record that is not one (the sink dead-letters it)."""
         return row_from_kafka(self.value)
+
+    def trade_id(self) -> int | None:
+        """The trade id, read from the value without decoding the rest (a tenth of row()'s
+        cost), to tell the newest of many records apart; None where it cannot be read, and
+        only row() says whether the record is a trade."""
+        value = self.value
+        if value is None:
+            return None
+        start = value.find(_TRADE_ID_FIELD)
+        if start < 0:
+            return None
+        start += len(_TRADE_ID_FIELD)
+        end = start
+        while end < len(value) and 48 <= value[end] <= 57:  # ASCII digits
+            end += 1
+        return int(value[start:end]) if end > start else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +262,25 @@ class SinkProgress:
                 raise
             self._admin = admin
         tps = [TopicPartition(self._settings.topic, p) for p in partitions]
-        try:
-            offsets = await asyncio.wait_for(
-                self._admin.list_consumer_group_offsets(self._settings.group_id, partitions=tps),
-                KAFKA_CALL_TIMEOUT_S,
-            )
-        except BaseException:
-            await self.close()  # a fresh client next time: this one's connection may be gone
-            raise
+        # The group's coordinator is briefly unknown for a new group or while the broker starts.
+        backoff = Backoff(*COORDINATOR_RETRY_S)
+        give_up_at = time.monotonic() + KAFKA_CALL_TIMEOUT_S
+        while True:
+            try:
+                offsets = await asyncio.wait_for(
+                    self._admin.list_consumer_group_offsets(
+                        self._settings.group_id, partitions=tps
+                    ),
+                    KAFKA_CALL_TIMEOUT_S,
+                )
+                break
+            except _COORDINATOR_NOT_READY:
+                if time.monotonic() >= give_up_at:
+                    raise
+                await backoff.pause()
+            except BaseException:
+                await self.close()  # a fresh client next time: its connection may be gone
+                raise
         self.read_at = time.monotonic()
         result = dict.fromkeys(partitions, 0)
         for tp, meta in offsets.items():
