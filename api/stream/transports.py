@@ -8,6 +8,7 @@ they end, whatever ended them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -87,7 +88,9 @@ async def serve_websocket(
             for chunk in chunks:
                 await websocket.send_text(chunk if isinstance(chunk, str) else chunk.decode())
         if client.closed is not CloseReason.GONE:
-            await websocket.close(client.close_code, (client.closed or "")[:_MAX_CLOSE_REASON])
+            # The client may be gone by now: Starlette refuses a close after the disconnect.
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(client.close_code, (client.closed or "")[:_MAX_CLOSE_REASON])
     except WebSocketDisconnect:
         pass
     except asyncio.CancelledError:
