@@ -283,6 +283,8 @@ class StreamHub:
         """Send the stored trades the client lacks, symbol by symbol in id order; the budget
         left (-1: it ran out, more may be there)."""
         timeout = self._settings.resume_timeout_s
+        # A page fits in the half of the buffer that room() waits for.
+        page = max(1, min(RESUME_PAGE, client.buffer // 2))
         for index, symbol in enumerate(client.symbols):
             for first, last in client.positions[index].missing():
                 while first <= last:
@@ -292,7 +294,7 @@ class StreamHub:
                         return budget
                     if budget <= 0:
                         return -1
-                    asked = min(RESUME_PAGE, budget)
+                    asked = min(page, budget)
                     rows = await self._reads.trades_by_id(symbol, first, last, asked)
                     for row in rows:
                         kind = client.offer(FeedEvent.from_stored(row))

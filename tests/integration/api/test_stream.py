@@ -221,6 +221,38 @@ async def test_backfilled_trades_reach_live_clients_marked_and_a_resume_fills_th
     assert after_return.kinds("backfill"), "the resume sent none of the holes' trades"
 
 
+async def test_a_client_far_behind_catches_up_in_pages_over_as_many_connections_as_it_takes(
+    service_settings: Callable[..., Settings], simulator: BinanceSimulator
+) -> None:
+    settings = service_settings(STREAM__CLIENT_BUFFER="200", STREAM__MAX_RESUME_TRADES="1000")
+    params = {"symbols": "BTCUSDT"}
+    received = Received()
+    async with served(settings) as url:
+        await subscribed(simulator)
+        before = tape(simulator, ["BTCUSDT"])
+        async with SseStream(url, params, received=received) as first:
+            await first.wait_for(lambda r: r.kinds("ready"), 30, "the ready event")
+            await emit(simulator, 1, 10)
+            await first.wait_for(lambda r: len(r.trades()) == 10, 30, "10 trades")
+        await emit(simulator, 25, 100)  # 2,500 trades while it is away
+        await table_holds(settings, since(simulator, before))
+        connections = 1
+        while len(received.trades()) < 2_510:
+            last_id = received.last_id
+            assert last_id is not None and connections < 10
+            closes = len(received.kinds("close"))
+            async with SseStream(url, params, {"Last-Event-ID": last_id}, received) as again:
+                connections += 1
+                await again.wait_for(
+                    lambda r: len(r.kinds("close")) > closes or len(r.trades()) >= 2_510,
+                    60,
+                    "a close or every trade",
+                )
+    assert received.ids("BTCUSDT") == since(simulator, before)["BTCUSDT"]
+    assert [e.data["reason"] for e in received.kinds("close")] == ["resume_limit"] * 2
+    assert connections == 4  # 1,000 stored trades per connection at most
+
+
 async def test_a_client_that_stops_reading_is_dropped_while_ingest_and_others_go_on(
     service_settings: Callable[..., Settings], simulator: BinanceSimulator
 ) -> None:
