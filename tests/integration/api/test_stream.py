@@ -244,7 +244,9 @@ async def test_a_client_far_behind_catches_up_in_pages_over_as_many_connections_
             async with SseStream(url, params, {"Last-Event-ID": last_id}, received) as again:
                 connections += 1
                 await again.wait_for(
-                    lambda r: len(r.kinds("close")) > closes or len(r.trades()) >= 2_510,
+                    lambda r, closes=closes: (
+                        len(r.kinds("close")) > closes or len(r.trades()) >= 2_510
+                    ),
                     60,
                     "a close or every trade",
                 )
