@@ -34,7 +34,8 @@ from api.errors import install_error_handlers
 from api.probes import LagProbe, ReadinessProbe
 from api.reads.prices import PriceReads
 from api.routes import api_router
-from api.stream.hub import StreamHub, on_exit_signal
+from api.stream.hub import StreamHub
+from api.stream.signals import on_exit_signal
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging
 from pipeline.core.retry import Backoff

@@ -42,21 +42,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
 
 from api.reads.prices import PriceReads
 from api.stream.client import CloseReason, StreamClient
 from api.stream.events import FeedEvent
 from api.stream.positions import BACKFILL, NO_TRADE, SymbolPosition
+from api.stream.sampler import Sampler
 from pipeline.core import metrics
 from pipeline.core.errors import InvalidTrade
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import Settings
-from pipeline.kafka.tail import SinkProgress, TailBatch, TailRecord, TradeTail
+from pipeline.kafka.tail import SinkProgress, TailBatch, TradeTail
 
 logger = logging.getLogger(__name__)
 
@@ -78,58 +75,6 @@ class StreamUnavailable(Exception):
     pass
 
 
-class _Sampler:
-    """The conflated clients of one interval: each tick, the newest trade of each symbol.
-
-    It keeps the record of each symbol's newest trade (by the id read from the value) and decodes
-    only that one at the tick: a symbol that trades thousands of times a second costs one decode
-    per interval here.
-    """
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self.by_symbol: dict[str, set[StreamClient]] = {}
-        self.latest: dict[str, tuple[TailRecord, int | None]] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    def add(self, client: StreamClient) -> None:
-        for symbol in client.symbols:
-            self.by_symbol.setdefault(symbol, set()).add(client)
-
-    def keep(self, symbol: str, record: TailRecord, trade_id: int | None) -> None:
-        """The record, unless the one kept is of a newer trade (this one is a backfill)."""
-        kept = self.latest.get(symbol)
-        if kept is None or trade_id is None or kept[1] is None or trade_id > kept[1]:
-            self.latest[symbol] = (record, trade_id)
-
-    def remove(self, client: StreamClient) -> None:
-        for symbol in client.symbols:
-            clients = self.by_symbol.get(symbol)
-            if clients is not None:
-                clients.discard(client)
-                if not clients:
-                    del self.by_symbol[symbol]
-                    self.latest.pop(symbol, None)
-
-    async def run(self, sent: Callable[[int], None]) -> None:
-        while True:
-            # A full interval after the last tick, however late that one ran: never two at once.
-            await asyncio.sleep(self.interval_s)
-            latest, self.latest = self.latest, {}
-            count = 0
-            for symbol, (record, _) in latest.items():
-                try:
-                    row = record.row()
-                except InvalidTrade:
-                    continue
-                if row[0] != symbol:
-                    continue
-                event = FeedEvent.from_row(row)
-                for client in self.by_symbol.get(symbol, ()):
-                    count += client.offer_latest(event)
-            sent(count)
-
-
 class StreamHub:
     def __init__(self, settings: Settings, reads: PriceReads) -> None:
         self._settings = settings.stream
@@ -138,7 +83,7 @@ class StreamHub:
         self._clients: set[StreamClient] = set()
         self._live: dict[str, set[StreamClient]] = {}
         self._catching: dict[str, set[StreamClient]] = {}
-        self._samplers: dict[float, _Sampler] = {}
+        self._samplers: dict[float, Sampler] = {}
         self._sampled: dict[str, int] = {}  # symbol → conflated clients that want it
         self._keys: dict[bytes, str] = {}  # Kafka keys some client wants → their symbol
         self._wanted: dict[str, int] = {}  # symbol → how many clients want it
@@ -330,7 +275,7 @@ class StreamHub:
         client.ready(resumed=resume is not None)
         sampler = self._samplers.get(client.conflate_s)
         if sampler is None:
-            sampler = self._samplers[client.conflate_s] = _Sampler(client.conflate_s)
+            sampler = self._samplers[client.conflate_s] = Sampler(client.conflate_s)
             sampler.task = asyncio.create_task(sampler.run(self._count_sampled))
         sampler.add(client)
         client.sampled = True
@@ -563,38 +508,3 @@ class StreamHub:
         for kind, count in self._sent.items():
             metrics.STREAM_EVENTS_SENT.labels(kind).inc(count - self._reported[kind])
             self._reported[kind] = count
-
-
-def on_exit_signal(callback: Callable[[], None]) -> Callable[[], None]:
-    """Run `callback` on the event loop when SIGTERM/SIGINT arrives, then pass the signal on to
-    whatever handled it so far (uvicorn's exit); returns the undo.
-
-    uvicorn waits for open responses before the lifespan ends, and an event stream never ends
-    by itself: it must hear of the shutdown first. The callback is scheduled, not called: a
-    signal handler runs between any two bytecodes of the loop's work."""
-    loop = asyncio.get_running_loop()
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed already
-            loop.call_soon_threadsafe(callback)
-        earlier = previous.get(signum)
-        if callable(earlier):
-            earlier(signum, frame)
-        elif earlier == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not the main thread: nothing to hook
-            break
-
-    def undo() -> None:
-        for signum, earlier in previous.items():
-            with contextlib.suppress(ValueError):
-                if signal.getsignal(signum) is handler:
-                    signal.signal(signum, earlier)
-
-    return undo
