@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.probes import LagProbe, ReadinessProbe
 from api.reads.prices import PriceReads
+from api.stream.hub import StreamHub
 from pipeline.core.settings import Settings
 from pipeline.exchange.client import ExchangeClient
 from pipeline.runtime.pipeline import PipelineControl
@@ -30,6 +31,7 @@ class AppState(TypedDict):
     readiness: ReadinessProbe
     lag: LagProbe
     reads: PriceReads
+    stream: StreamHub | None  # None when stream.enabled is false
 
 
 def _state(request: Request) -> AppState:

@@ -6,8 +6,11 @@ naming the key.
 
 Lifespan, acquired in order and released in reverse:
 settings → logging → engine → migrations (waiting up to 30 s for PostgreSQL) → durability
-check → exchange client → pipeline roles → serve → stop roles (bounded) → close client →
-dispose engine.
+check → reads → push feed (api.stream; its Kafka tail runs while streams are open) → exchange
+client → pipeline roles → serve → stop roles (bounded) → close client → close the push feed's
+streams and tail → close reads → dispose engine. A SIGTERM/SIGINT closes the open streams first:
+uvicorn waits for open responses before the lifespan ends, and an event stream never ends by
+itself.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from api.errors import install_error_handlers
 from api.probes import LagProbe, ReadinessProbe
 from api.reads.prices import PriceReads
 from api.routes import api_router
+from api.stream.hub import StreamHub
+from api.stream.signals import on_exit_signal
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging
 from pipeline.core.retry import Backoff
@@ -60,6 +65,7 @@ TAGS = [
     },
     {"name": "pipeline", "description": "Consumer lag and this instance's status."},
     {"name": "metrics", "description": "Prometheus metrics."},
+    {"name": "stream", "description": "Live trades pushed as they reach Kafka, resumable exactly."},
 ]
 DESCRIPTION = """\
 Binance trades → Kafka → PostgreSQL, steered and observed over HTTP.
@@ -69,6 +75,10 @@ Binance trades → Kafka → PostgreSQL, steered and observed over HTTP.
   talk to it directly: a loopback peer, a loopback `Host` and no proxy header (403 otherwise).
 * Range reads are bounded: candles cover a limited span per interval (422 beyond it), and a
   read that takes longer than `api.read_timeout_ms` is cancelled (503).
+  `GET /stream` and `WS /ws` need the key too when `STREAM_REQUIRES_KEY` is true (and `API_KEY`
+  set).
+* `GET /stream?symbols=A,B` (Server-Sent Events) and `WS /ws?symbols=A,B` push every trade as it
+  reaches Kafka; the event id resumes exactly (`Last-Event-ID`, or `?after=` on the WebSocket).
 * Symbols are case-insensitive on input and upper case everywhere after (`^[A-Z0-9]{2,20}$`).
 * Prices and quantities are decimal strings exactly as stored; times are epoch milliseconds.
 * Every error is JSON `{"detail": ...}`.
@@ -172,6 +182,11 @@ def _lifespan(
             await _check_durability(engine)
             reads = await PriceReads.open(settings.database, settings.api)
             stack.push_async_callback(reads.close)
+            stream = StreamHub(settings, reads) if settings.stream.enabled else None
+            if stream is not None:
+                await stream.start()
+                stack.push_async_callback(stream.close)
+                stack.callback(on_exit_signal(stream.shut_down_streams))
             exchange = ExchangeClient(settings.binance)
             stack.push_async_callback(exchange.close)
             pipeline: PipelineControl = (
@@ -189,6 +204,7 @@ def _lifespan(
                 readiness=ReadinessProbe(engine, settings.kafka, pipeline, migrate.head_revision()),
                 lag=LagProbe(settings.kafka),
                 reads=reads,
+                stream=stream,
             )
             logger.info(
                 "service started in %.1f s roles=%s auth=%s",

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import resource
 import signal
 import sys
 import tempfile
@@ -101,8 +102,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _allow_open_files() -> None:
+    """The service under test holds a socket per push-feed client (1,000 in the stream phase)
+    and inherits this limit: raise the soft one to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
+    _allow_open_files()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Elapsed())
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -26,6 +26,10 @@ class BenchConfig:
     api_window_s: float = 8.0  # each API measurement window (idle, under ingest)
     latency_rate: int = 1_000  # msg/s of the steady-rate latency phase, all symbols together
     latency_window_s: float = 25.0
+    stream_clients: int = 1_000  # SSE clients of the push-feed phase
+    stream_rate: int = 100  # msg/s, all symbols together, while the clients' fan-out is measured
+    stream_window_s: float = 10.0
+    stream_conflate: str = "100ms"  # the dashboards' conflation during the flood with clients
     progress_poll_s: float = 0.02  # how often the stored-rows probe asks PostgreSQL
     latency_poll_s: float = 0.01  # the same during the latency phase (its resolution)
     phase_timeout_s: float = 300.0  # any single wait (rows stored, lag 0, service start)
@@ -46,6 +50,8 @@ class BenchConfig:
             per_row_sample=1_000,
             api_window_s=2.0,
             latency_window_s=5.0,
+            stream_clients=100,
+            stream_window_s=3.0,
             phase_timeout_s=60.0,
             stall_timeout_s=30.0,
             history_trades=20_000,

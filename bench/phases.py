@@ -24,6 +24,8 @@ from bench.stats import (
     histogram_quantile,
     summary,
 )
+from bench.streamclients import StreamClients
+from pipeline.core.settings import KafkaSettings
 
 log = logging.getLogger("bench")
 
@@ -208,6 +210,116 @@ class LiveSession:
             histogram["p99"],
         )  # fmt: skip
         return result
+
+    async def push_feed(self, kafka: KafkaSettings) -> dict[str, Any]:
+        """`stream_clients` SSE clients on the service (docs/perf.md, "The push feed").
+
+        1. A steady `stream_rate` msg/s without clients, then with them (each on one symbol,
+           every trade): events delivered per second, latency trade → client next to trade →
+           direct Kafka reader, and the service's added CPU per delivered event.
+        2. A flood of n trades without clients, then with as many dashboards connected (every
+           symbol, conflated): E2E rate with ÷ without.
+        """
+        config = self.config
+        result: dict[str, Any] = {"clients": config.stream_clients}
+        window = config.stream_window_s
+        self.cpu.start()
+        await self.feed.steady(config.stream_rate, window)
+        alone = self.cpu.stop()
+        bots = StreamClients(
+            self.service.port, config.stream_clients, self.feed.symbols, each="one"
+        )
+        kafka_reader = StreamClients(
+            self.service.port,
+            0,
+            self.feed.symbols,
+            bootstrap=kafka.bootstrap_servers,
+            topic=kafka.topic,
+        )
+        try:
+            await kafka_reader.start(config.phase_timeout_s)
+            await bots.start(config.phase_timeout_s)
+            meter = CpuMeter(
+                {
+                    **self.cpu.processes,
+                    "clients": (bots.pid, False),
+                    "reader": (kafka_reader.pid, False),
+                }
+            )
+            await bots.begin()
+            await kafka_reader.begin()
+            meter.start()
+            await self.feed.steady(config.stream_rate, window)
+            cores = meter.stop()
+            steady = await bots.end()
+            direct = await kafka_reader.end()
+        finally:
+            await bots.close()
+            await kafka_reader.close()
+        steady["kafka_direct_ms"] = direct["kafka_direct_ms"]
+        p99, direct_p99 = steady["latency_ms"].get("p99"), direct["kafka_direct_ms"].get("p99")
+        steady["added_p99_ms"] = (
+            round(p99 - direct_p99, 1) if p99 is not None and direct_p99 is not None else None
+        )
+        delivered = sum(steady["events"].get(k, 0) for k in ("trade", "backfill"))
+        added_cores = cores["service"] - alone["service"]
+        steady["cpu_cores"] = cores
+        steady["cpu_cores_without_clients"] = alone
+        steady["cpu_us_per_event"] = (
+            round(added_cores * cores["wall_s"] / delivered * 1e6, 2) if delivered else None
+        )
+        result["steady"] = steady
+        log.info(
+            "  %d clients at %d msg/s: %s events/s delivered, p99 %.1f ms (Kafka direct %.1f ms), "
+            "%.2f µs service CPU per event, closes %s",
+            config.stream_clients, config.stream_rate, steady["events_per_s"],
+            steady["latency_ms"].get("p99", float("nan")),
+            steady["kafka_direct_ms"].get("p99", float("nan")),
+            steady["cpu_us_per_event"] or float("nan"), steady["closes"],
+        )  # fmt: skip
+        without = await self._timed_flood(config.n)
+        dashboards = StreamClients(
+            self.service.port,
+            config.stream_clients,
+            self.feed.symbols,
+            each="all",
+            conflate=config.stream_conflate,
+        )
+        try:
+            await dashboards.start(config.phase_timeout_s)
+            await dashboards.begin()
+            meter = CpuMeter({**self.cpu.processes, "clients": (dashboards.pid, False)})
+            meter.start()
+            with_clients = await self._timed_flood(config.n)
+            with_clients["cpu_cores"] = meter.stop()
+            with_clients["clients"] = await dashboards.end()
+        finally:
+            await dashboards.close()
+        result["flood_without_clients"] = without
+        result["flood_with_clients"] = with_clients
+        log.info(
+            "  flood: %d rows/s without clients, %d rows/s with %d dashboards (%s events/s to "
+            "them, closes %s)",
+            without["rows_per_s"], with_clients["rows_per_s"], config.stream_clients,
+            with_clients["clients"]["events_per_s"], with_clients["clients"]["closes"],
+        )  # fmt: skip
+        return result
+
+    async def _timed_flood(self, n: int) -> dict[str, Any]:
+        targets = self.feed.prepare(n)
+        flood_task = asyncio.create_task(self.feed.flood())
+        try:
+            stored_at = await self.probe.wait_reached(
+                targets, self.config.progress_poll_s, self.config.phase_timeout_s
+            )
+        finally:
+            flood = await flood_task
+        seconds = stored_at - flood.started
+        return {
+            "trades": flood.trades,
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(flood.trades / seconds),
+        }
 
 
 def _log_cpu(cores: dict[str, float]) -> None:

@@ -64,6 +64,13 @@ TARGETS = (
         " req/s",
     ),
     Target("latency_ms.e2e_p99_at_1k", "E2E latency p99 at a steady 1,000 msg/s", "<=", 100, " ms"),
+    Target(
+        "ratios.e2e_with_stream_clients_vs_e2e",
+        "E2E rate with the SSE clients connected ÷ without",
+        ">=",
+        0.9,
+        "x",
+    ),
     Target("rss_mb_peak", "peak RSS of the service (with children)", "<=", 300, " MB"),
 )
 
@@ -149,6 +156,10 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
     achieved = [_get(primary, f"{k}.achieved_rps") for k in ("api_idle", "api_ingest")]
     visible = _get(primary, "latency.visible_ms") or {}
     rss_peak = max(raw["rss_mb"].values(), default=None)
+    stream = primary.get("stream") or {}
+    with_clients = _get(stream, "flood_with_clients.rows_per_s")
+    without_clients = _get(stream, "flood_without_clients.rows_per_s")
+    stream_latency = _get(stream, "steady.latency_ms") or {}
     # The ratios with a target, unrounded: targets are judged on these (0.2987 shows as 0.3 but
     # is not >= 0.3); the report shows them rounded.
     exact = {
@@ -157,6 +168,7 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
         "ratios.e2e_vs_copy": _ratio(e2e, copy),
         "ratios.replay_vs_fresh": _ratio(replay, e2e),
         "ratios.api_p99_ingest_vs_idle": _ratio(api_ingest, api_idle),
+        "ratios.e2e_with_stream_clients_vs_e2e": _ratio(with_clients, without_clients),
     }
     report: dict[str, Any] = {
         "correct": not raw["failures"]
@@ -168,6 +180,9 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
             "e2e_vs_copy": _rounded(exact["ratios.e2e_vs_copy"]),
             "replay_vs_fresh": _rounded(exact["ratios.replay_vs_fresh"]),
             "api_p99_ingest_vs_idle": _rounded(exact["ratios.api_p99_ingest_vs_idle"]),
+            "e2e_with_stream_clients_vs_e2e": _rounded(
+                exact["ratios.e2e_with_stream_clients_vs_e2e"]
+            ),
             # Against the extra baseline variants, for reference only (no target).
             "e2e_vs_per_row_autocommit": _rounded(_ratio(e2e, per_row_autocommit), 1),
             "sink_vs_copy_one_shot": _rounded(_ratio(sink, copy_one_shot)),
@@ -190,6 +205,12 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
             "sink_rows_per_s": sink,
             "replay_msgs_per_s": replay,
             "e2e_under_api_load_msgs_per_s": _get(primary, "api_ingest.ingest_rows_per_s"),
+            "e2e_with_stream_clients_msgs_per_s": with_clients,
+            "e2e_without_stream_clients_msgs_per_s": without_clients,
+            "stream_events_per_s": _get(stream, "steady.events_per_s"),
+            "stream_events_per_s_during_flood": _get(
+                stream, "flood_with_clients.clients.events_per_s"
+            ),
             "e2e_msgs_per_s_by_symbols": {
                 str(v["symbols"]): _get(v, "e2e.rows_per_s") for v in variants
             },
@@ -204,6 +225,18 @@ def build_report(config: BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
             "api_idle_p99": api_idle,
             "api_ingest_p50": _get(primary, "api_ingest.latency_ms.p50"),
             "api_ingest_p99": api_ingest,
+            "stream_p50": stream_latency.get("p50"),
+            "stream_p99": stream_latency.get("p99"),
+            "stream_kafka_direct_p99": _get(stream, "steady.kafka_direct_ms.p99"),
+            "stream_added_p99": _get(stream, "steady.added_p99_ms"),
+        },
+        "stream": {
+            "clients": stream.get("clients"),
+            "rate_msgs_per_s": config.stream_rate,
+            "cpu_us_per_event": _get(stream, "steady.cpu_us_per_event"),
+            "closes_steady": _get(stream, "steady.closes"),
+            "closes_during_flood": _get(stream, "flood_with_clients.clients.closes"),
+            "conflate_during_flood": config.stream_conflate,
         },
         "api": {
             "min_achieved_rps": min(achieved) if None not in achieved else None,
@@ -329,6 +362,9 @@ def format_table(report: dict[str, Any]) -> str:
         ("  same, table without indexes", "copy_one_shot_no_indexes_rows_per_s"),
         ("sink stage alone (PostgresSink.write)", "sink_rows_per_s"),
         ("backlog replay (consumer-only service)", "replay_msgs_per_s"),
+        ("E2E flood, no SSE clients (push-feed phase)", "e2e_without_stream_clients_msgs_per_s"),
+        ("  same, SSE dashboards connected (conflated)", "e2e_with_stream_clients_msgs_per_s"),
+        ("push feed: events/s delivered to the SSE clients", "stream_events_per_s"),
     ):
         lines.append(f"{label:<52}{_fmt(rates[key]):>14}")
     history = report.get("history") or {}
@@ -347,6 +383,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"{_fmt(lat['e2e_p50_at_1k']):>8}{_fmt(lat['e2e_p95_at_1k']):>8}{_fmt(lat['e2e_p99_at_1k']):>8}",
         f"{'GET /prices/{symbol} idle':<52}{_fmt(lat['api_idle_p50']):>8}{'':>8}{_fmt(lat['api_idle_p99']):>8}",
         f"{'GET /prices/{symbol} during ingest':<52}{_fmt(lat['api_ingest_p50']):>8}{'':>8}{_fmt(lat['api_ingest_p99']):>8}",
+        f"{'push feed: trade → SSE client':<52}{_fmt(lat['stream_p50']):>8}{'':>8}{_fmt(lat['stream_p99']):>8}",
+        f"{'  same, read from Kafka directly (added p99)':<52}{'':>8}{'':>8}"
+        f"{_fmt(lat['stream_kafka_direct_p99']):>8}  (+{_fmt(lat['stream_added_p99'])})",
         "  at real-time priority: API "
         + _yes_no(report["api"]["realtime"]["api"])
         + ", load generator "
@@ -375,6 +414,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'CPU per row (µs): service, backlog replay':<52}{_fmt(per_row['replay_service']):>14}",
         f"{'CPU per GET /prices request (µs): service, idle':<52}"
         f"{_fmt(per_row['api_idle_service_per_request']):>14}",
+        f"{'CPU per pushed event (µs): service, added':<52}"
+        f"{_fmt(report['stream']['cpu_us_per_event']):>14}",
     ]
     other = _get(report, "cpu_cores.e2e.other")
     if other is not None and other > OTHER_LOAD_WARNING:

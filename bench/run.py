@@ -128,6 +128,8 @@ class Run:
                             label, config.latency_rate, config.latency_window_s,
                         )  # fmt: skip
                         result["latency"] = await session.steady_latency()
+                        log.info("[%s] push feed: %d SSE clients", label, config.stream_clients)
+                        result["stream"] = await session.push_feed(settings.kafka)
                     log.info("[%s] checking rows and consumer lag", label)
                     result["lag_end"] = await self.check_lag(settings.kafka)
                     self.record(await probe.check_rows(database, feed.sent()))

@@ -167,3 +167,17 @@ class PriceReads:
                 f"the read took longer than {self._timeout_ms} ms (api.read_timeout_ms) and was "
                 "cancelled; narrow the time range, or retry later"
             ) from None
+
+    # The push feed's resume (api.stream): trades by id, oldest first.
+
+    async def trades_by_id(self, symbol: str, first_id: int, last_id: int, limit: int) -> list[Row]:
+        rows = await self._pool.fetch(trades.TRADES_BY_ID, symbol, first_id, last_id, limit)
+        return [dict(row) for row in rows]
+
+    async def newest_trade_by_id(self, symbol: str) -> Row | None:
+        row = await self._pool.fetchrow(trades.NEWEST_TRADE_BY_ID, symbol)
+        return None if row is None else dict(row)
+
+    async def newest_trade_ids(self, symbols: list[str]) -> dict[str, int | None]:
+        rows = await self._pool.fetch(trades.NEWEST_TRADE_IDS, symbols)
+        return {row["symbol"]: row["trade_id"] for row in rows}

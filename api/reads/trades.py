@@ -81,3 +81,26 @@ def history(
         f"ORDER BY {NEWEST_FIRST} LIMIT {arg(limit)}"
     )
     return sql, args
+
+
+# The push feed's resume (api.stream): a symbol's trades in trade-id order, from the primary key.
+
+# $1 symbol, $2 first trade_id, $3 last trade_id (both inclusive), $4 limit; oldest id first
+TRADES_BY_ID = (
+    f"SELECT {TRADE_COLUMNS} FROM crypto_prices "
+    "WHERE symbol = $1 AND trade_id >= $2::bigint AND trade_id <= $3::bigint "
+    "ORDER BY trade_id LIMIT $4::bigint"
+)
+
+# $1 symbol: the trade with the highest id
+NEWEST_TRADE_BY_ID = (
+    f"SELECT {TRADE_COLUMNS} FROM crypto_prices WHERE symbol = $1 ORDER BY trade_id DESC LIMIT 1"
+)
+
+# $1 symbols: the highest stored trade_id of each (NULL when it has none); one probe per symbol
+NEWEST_TRADE_IDS = """
+    SELECT s.symbol,
+           (SELECT c.trade_id FROM crypto_prices c WHERE c.symbol = s.symbol
+            ORDER BY c.trade_id DESC LIMIT 1) AS trade_id
+    FROM unnest($1::text[]) AS s(symbol)
+"""

@@ -1,7 +1,8 @@
 """The live dashboard: one HTML page, one script and one stylesheet, served from api/static.
 
-The page only reads and changes the service through the public JSON API (polled every ~1.5 s),
-so it needs no state or build step of its own. None of these routes is part of the API: they
+The page only reads and changes the service through the public API — prices and sparklines from
+the push feed (GET /stream, conflated for display), the rest polled every ~1.5 s —, so it needs
+no state or build step of its own. None of these routes is part of the API: they
 are left out of the OpenAPI schema.
 """
 

@@ -1,9 +1,11 @@
-// The live dashboard: polls the JSON API and renders it. Data is only ever written with
-// textContent or SVG attributes, never as HTML.
+// The live dashboard: prices and sparklines follow the push feed (GET /stream, conflated for
+// display); symbols, flow rates, lag and connections are polled from the JSON API. Data is only
+// ever written with textContent or SVG attributes, never as HTML.
 "use strict";
 
 (() => {
   const POLL_MS = 1500;
+  const STREAM_CONFLATE = "250ms"; // at most four updates per symbol and second: readable
   const TIMEOUT_MS = 8000;
   const SPARK_POINTS = 60;
   const KEY_STORAGE = "crypto-dashboard.api-key";
@@ -15,6 +17,9 @@
 
   const $ = (id) => document.getElementById(id);
   const rows = new Map(); // symbol → {row, cells}
+  const latest = new Map(); // symbol → newest trade shown
+  const series = new Map(); // symbol → the sparkline's trades, oldest first
+  let stream = null; // {key, controller, ready}: the open push-feed connection
   let previous = null; // {at, counts} of the last status poll, for rates
   let timer = null;
   let polling = false;
@@ -195,7 +200,7 @@
     return { row, price, change, svg, line, age, remove, tradeTime: null };
   }
 
-  function renderSymbols(symbols, latest) {
+  function renderSymbols(symbols) {
     const body = $("symbols-body");
     const wanted = new Set(symbols);
     for (const [symbol, entry] of rows) {
@@ -211,17 +216,21 @@
         rows.set(symbol, entry);
       }
       if (body.children[index] !== entry.row) body.insertBefore(entry.row, body.children[index] || null);
-      const trade = latest.get(symbol);
-      if (trade) {
-        const text = formatPrice(trade.price);
-        if (entry.price.textContent !== text) entry.price.textContent = text;
-        delete entry.price.dataset.empty;
-        entry.tradeTime = trade.trade_time;
-      }
+      renderPrice(symbol);
     });
     $("symbols-empty").hidden = symbols.length > 0;
     setText("symbols-count", symbols.length === 1 ? "1 symbol" : `${symbols.length} symbols`);
     renderAges();
+  }
+
+  function renderPrice(symbol) {
+    const entry = rows.get(symbol);
+    const trade = latest.get(symbol);
+    if (!entry || !trade) return;
+    const text = formatPrice(trade.price);
+    if (entry.price.textContent !== text) entry.price.textContent = text;
+    delete entry.price.dataset.empty;
+    entry.tradeTime = trade.trade_time;
   }
 
   function renderAges() {
@@ -232,10 +241,11 @@
     }
   }
 
-  function renderSpark(symbol, trades) {
+  function renderSpark(symbol) {
     const entry = rows.get(symbol);
+    const trades = series.get(symbol) || [];
     if (!entry) return;
-    const prices = trades.map((t) => Number(t.price)).filter(Number.isFinite).reverse(); // oldest first
+    const prices = trades.map((t) => Number(t.price)).filter(Number.isFinite); // oldest first
     if (prices.length === 0) return;
     const low = Math.min(...prices);
     const high = Math.max(...prices);
@@ -258,8 +268,114 @@
     entry.change.textContent = `${pct > 0 ? "+" : ""}${pct.toFixed(3)} %`;
     entry.svg.setAttribute(
       "aria-label",
-      `${symbol}: last ${prices.length} trades, from ${trades[trades.length - 1].price} to ${trades[0].price}`,
+      `${symbol}: last ${prices.length} trades, from ${trades[0].price} to ${trades[trades.length - 1].price}`,
     );
+  }
+
+  // Trades into a sparkline: by trade id, each once, the newest SPARK_POINTS kept.
+  function addToSeries(symbol, trades) {
+    const byId = new Map((series.get(symbol) || []).map((t) => [t.trade_id, t]));
+    for (const trade of trades) byId.set(trade.trade_id, trade);
+    const merged = [...byId.values()].sort((a, b) => a.trade_id - b.trade_id).slice(-SPARK_POINTS);
+    series.set(symbol, merged);
+  }
+
+  function showTrade(trade) {
+    const shown = latest.get(trade.symbol);
+    if (!shown || trade.trade_id >= shown.trade_id) {
+      latest.set(trade.symbol, trade);
+      renderPrice(trade.symbol);
+    }
+  }
+
+  // -- the push feed --------------------------------------------------------------------
+
+  // The stream of the tracked symbols, (re)opened whenever they change or it ended. fetch()
+  // rather than EventSource: it can send the API key, which STREAM_REQUIRES_KEY asks for.
+  function follow(symbols) {
+    const key = symbols.join(",");
+    if (stream && stream.key === key) return;
+    if (stream) stream.controller.abort();
+    stream = null;
+    if (symbols.length) openStream(key);
+  }
+
+  async function openStream(key) {
+    const current = { key, controller: new AbortController(), ready: false };
+    stream = current;
+    const headers = { Accept: "text/event-stream" };
+    const apiKey = storedKey();
+    if (apiKey) headers["X-API-Key"] = apiKey;
+    try {
+      const response = await fetch(`/stream?symbols=${encodeURIComponent(key)}&conflate=${STREAM_CONFLATE}`, {
+        headers,
+        cache: "no-store",
+        credentials: "same-origin",
+        signal: current.controller.signal,
+      });
+      if (response.ok && response.body) await readEvents(response.body, current);
+    } catch {
+      // Aborted (the symbols changed) or the connection broke: polling covers the prices.
+    }
+    if (stream === current) stream = null; // the next poll opens a new one
+  }
+
+  async function readEvents(body, current) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (stream !== current) return;
+        onEvent(block, current);
+      }
+    }
+  }
+
+  function onEvent(block, current) {
+    let kind = "message";
+    let data = "";
+    for (const line of block.split("\n")) {
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "event") kind = value;
+      else if (field === "data") data += (data ? "\n" : "") + value;
+    }
+    if (!data) return;
+    const payload = JSON.parse(data);
+    if (kind === "ready") {
+      current.ready = true;
+      loadHistories(payload.symbols);
+    } else if (kind === "trade" || kind === "backfill") {
+      showTrade(payload);
+      addToSeries(payload.symbol, [payload]);
+      renderSpark(payload.symbol);
+    }
+  }
+
+  // The sparklines' start: the newest trades stored, merged with what the stream brings.
+  async function loadHistories(symbols) {
+    const histories = await Promise.all(
+      symbols.map((name) =>
+        request("GET", `/prices/${encodeURIComponent(name)}/history?limit=${SPARK_POINTS}`).catch(() => null),
+      ),
+    );
+    histories.forEach((result, i) => {
+      if (!result || !result.ok) return;
+      const items = result.data.items;
+      if (items.length) showTrade(items[0]);
+      addToSeries(symbols[i], items);
+      renderSpark(symbols[i]);
+    });
   }
 
   // -- rendering: flow stats ------------------------------------------------------------
@@ -449,9 +565,11 @@
     clearTimeout(timer);
     try {
       pollLag();
+      // Prices come from the stream; /prices only while it is not up (start, or reconnecting).
+      const streaming = stream !== null && stream.ready;
       const [symbols, prices, status, jobs] = await Promise.all([
         request("GET", "/symbols"),
-        request("GET", "/prices"),
+        streaming ? Promise.resolve({ ok: true, data: { items: [] } }) : request("GET", "/prices"),
         request("GET", "/pipeline/status"),
         request("GET", `/backfills?limit=${JOBS_SHOWN}`),
       ]);
@@ -463,18 +581,18 @@
         setLive("up", `live · updated ${new Date().toLocaleTimeString("en-GB")}`);
       }
       if (status.ok) renderStatus(status.data);
+      if (prices.ok) prices.data.items.forEach(showTrade);
       if (symbols.ok) {
         const names = symbols.data.symbols.map((s) => s.symbol);
-        const latest = new Map(prices.ok ? prices.data.items.map((t) => [t.symbol, t]) : []);
-        renderSymbols(names, latest);
-        const histories = await Promise.all(
-          names.map((name) =>
-            request("GET", `/prices/${encodeURIComponent(name)}/history?limit=${SPARK_POINTS}`).catch(() => null),
-          ),
-        );
-        histories.forEach((result, i) => {
-          if (result && result.ok) renderSpark(names[i], result.data.items);
-        });
+        for (const symbol of [...series.keys()]) {
+          if (!names.includes(symbol)) {
+            series.delete(symbol);
+            latest.delete(symbol);
+          }
+        }
+        renderSymbols(names);
+        names.forEach(renderSpark);
+        follow(names);
       }
     } catch (error) {
       setLive("down", `API unreachable (${error.name === "AbortError" ? "timeout" : error.message})`);

@@ -77,6 +77,20 @@ TRADES_BACKFILLED = Counter(
 EXCHANGE_GAPS = Counter(
     "pipeline_exchange_gaps_total", "Trade ids the exchange's REST API does not have", ["symbol"]
 )
+STREAM_CLIENTS = Gauge("pipeline_stream_clients", "Push-feed clients connected (SSE and WebSocket)")
+STREAM_EVENTS_SENT = Counter(
+    "pipeline_stream_events_sent_total", "Trades queued for push-feed clients", ["kind"]
+)
+STREAM_CLIENTS_DROPPED = Counter(
+    "pipeline_stream_clients_dropped_total",
+    "Push-feed clients the server disconnected (slow: their buffer overflowed)",
+    ["reason"],
+)
+STREAM_FANOUT_LAG = Histogram(
+    "pipeline_stream_fanout_lag_seconds",
+    "Kafka record timestamp to fan-out to the push-feed clients",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 TASK_RESTARTS = Counter("pipeline_task_restarts_total", "Background role restarts", ["role"])
 SYMBOLS_SKIPPED = Counter(
     "pipeline_symbols_skipped_total",

@@ -60,6 +60,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "PIPELINE_WORKER_PRIORITY": ("worker_priority",),
     "PIPELINE_API_PRIORITY": ("api_priority",),
     "API_KEY": ("api", "api_key"),
+    "STREAM_REQUIRES_KEY": ("stream", "requires_key"),
     "HOST": ("api", "host"),
     "PORT": ("api", "port"),
     "LOG_LEVEL": ("log_level",),
@@ -252,6 +253,27 @@ class ApiSettings(_Section):
         return None if value == "" else value
 
 
+class StreamSettings(_Section):
+    """The push feed (GET /stream, WS /ws): limits per process and per client."""
+
+    enabled: bool = True
+    # With API_KEY set, /stream and /ws need the key too (reads stay open otherwise).
+    requires_key: bool = False
+    max_clients: PositiveInt = 2_000
+    max_symbols: PositiveInt = 100
+    # Events waiting for one client; a client that lets more pile up is dropped as too slow.
+    client_buffer: PositiveInt = 1_000
+    # At most one write per client this often: events arriving meanwhile go out together.
+    flush_ms: NonNegativeInt = 10
+    # How long a new stream may wait for the feed and for the sink to store what the feed had
+    # read when it connected (the seam of an exact resume) before it is closed with the reason.
+    resume_timeout_s: PositiveFloat = 30.0
+    # Trades one connection sends from the table before it closes with `resume_limit` (the
+    # client reconnects from where it got to); keeps one far-behind client from hogging reads.
+    max_resume_trades: PositiveInt = 100_000
+    heartbeat_s: PositiveFloat = 15.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
@@ -277,6 +299,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     binance: BinanceSettings = BinanceSettings()
     api: ApiSettings = ApiSettings()
+    stream: StreamSettings = StreamSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     shutdown_timeout_s: PositiveFloat = 20.0

@@ -194,6 +194,46 @@ def test_the_dashboard_shows_live_prices_rates_lag_and_connections_without_conso
     assert _console_errors(driver) == []
 
 
+# /prices requests the page made so far (it asks only while its stream is not up).
+PRICES_REQUESTS = """
+return performance.getEntriesByType('resource')
+  .filter((entry) => new URL(entry.name).pathname === '/prices').length;
+"""
+
+
+def test_prices_change_without_a_reload_as_the_stream_pushes_them(
+    browser: Browser, simulator: str, start_service: StartService
+) -> None:
+    url = start_service(
+        PIPELINE_ROLES="producer,consumer",
+        SYMBOLS="BTCUSDT",
+        BINANCE_WS_URL=f"ws://{simulator}",
+        BINANCE_REST_URL=f"http://{simulator}",
+    )
+    driver = browser.open(f"{url}/")
+    _until(driver, _priced("BTCUSDT"), PRICE_WAIT_S, "a BTCUSDT price on the page")
+    driver.execute_script("window.sameDocument = true;")
+
+    def polling_stopped(driver: WebDriver) -> int | None:
+        before: int = driver.execute_script(PRICES_REQUESTS)
+        driver.execute_script("return new Promise((done) => setTimeout(done, 2000));")
+        after: int = driver.execute_script(PRICES_REQUESTS)
+        return after if after == before else None
+
+    polled = _until(driver, polling_stopped, UI_WAIT_S * 2, "the page to stop polling /prices")
+    shown: set[str] = set()
+
+    def prices_moving(driver: WebDriver) -> bool:
+        shown.add(_table(driver)["BTCUSDT"]["price"])
+        return len(shown) >= 4
+
+    _until(driver, prices_moving, PRICE_WAIT_S, "four different BTCUSDT prices")
+    assert all(PRICE.match(price) for price in shown), shown
+    assert driver.execute_script("return window.sameDocument === true") is True  # no reload
+    assert driver.execute_script(PRICES_REQUESTS) == polled  # pushed, not polled
+    assert _console_errors(driver) == []
+
+
 def test_symbols_are_added_and_removed_through_the_page_and_a_bad_name_shows_the_422_detail(
     browser: Browser, simulator: str, start_service: StartService
 ) -> None:

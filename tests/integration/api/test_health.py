@@ -98,6 +98,7 @@ async def test_openapi_documents_every_endpoint_of_the_contract(api_settings: Se
         ("GET", "/consumer/lag"),
         ("GET", "/pipeline/status"),
         ("GET", "/metrics"),
+        ("GET", "/stream"),
     }
     for path, item in schema["paths"].items():
         for method, operation in item.items():

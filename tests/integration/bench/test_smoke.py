@@ -28,6 +28,9 @@ KEYS_SCRIPTS_READ = (
     "rates.e2e_msgs_per_s",
     "latency_ms.e2e_p99_at_1k",
     "rss_mb_peak",
+    "ratios.e2e_with_stream_clients_vs_e2e",
+    "rates.stream_events_per_s",
+    "latency_ms.stream_p99",
 )
 
 
@@ -51,6 +54,8 @@ async def test_tiny_bench_run_is_correct_and_reports_every_key(
         api_window_s=1.0,
         latency_rate=200,
         latency_window_s=1.5,
+        stream_clients=20,
+        stream_window_s=1.5,
         phase_timeout_s=45.0,
         output=tmp_path / "latest.json",
     )

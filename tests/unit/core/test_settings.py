@@ -61,6 +61,13 @@ def test_roles_none_means_api_only_and_symbols_all_means_whole_market() -> None:
     assert settings.symbols == "ALL"
 
 
+def test_streams_are_open_by_default_and_stream_requires_key_asks_for_the_key() -> None:
+    assert load_settings({}).stream.requires_key is False
+    settings = load_settings({"STREAM_REQUIRES_KEY": "true", "STREAM__MAX_CLIENTS": "5"})
+    assert settings.stream.requires_key is True
+    assert settings.stream.max_clients == 5
+
+
 def test_empty_api_key_means_no_key() -> None:
     assert load_settings({"API_KEY": ""}).api.api_key is None
 
