@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
-from devtools.simulator.market import SCALE, Market, Trade, fmt, to_units
+from devtools.simulator.market import SCALE, Market, Trade, fmt, to_units, trade_json
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -269,7 +269,7 @@ def answer(target: str, tapes: Mapping[str, Tape]) -> Answer | None:
         if from_id is None or from_id >= tape.market.first_id:
             return None  # the live tape: rest.py
         limit = _limit(params)
-        return 200, [_trade_json(t) for t in tape.trades_from(from_id, limit)]
+        return 200, [trade_json(t) for t in tape.trades_from(from_id, limit)]
     except _ApiError as exc:
         return 400, exc.body
 
@@ -304,19 +304,6 @@ def _agg_trades(params: Mapping[str, str], tape: Tape) -> list[Agg]:
     if end < start:
         return []
     return tape.aggs(tape.first_agg_at(start), limit, until_ms=end)
-
-
-def _trade_json(trade: Trade) -> dict[str, object]:
-    quote = to_units(trade.price) * to_units(trade.qty) // SCALE
-    return {
-        "id": trade.id,
-        "price": trade.price.decode(),
-        "qty": trade.qty.decode(),
-        "quoteQty": fmt(quote),
-        "time": trade.time,
-        "isBuyerMaker": trade.is_buyer_maker,
-        "isBestMatch": True,
-    }
 
 
 def _limit(params: Mapping[str, str]) -> int:

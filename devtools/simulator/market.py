@@ -182,3 +182,17 @@ MALFORMED_KINDS: tuple[str, ...] = tuple(_MALFORMERS)
 def malform(kind: str, raw: bytes, trade: Trade) -> bytes:
     """Return the `kind` corruption (one of MALFORMED_KINDS) of a trade's raw payload."""
     return _MALFORMERS[kind](raw, trade)
+
+
+def trade_json(trade: Trade) -> dict[str, object]:
+    """A trade as Binance's REST answers list it (historicalTrades, trades)."""
+    quote = to_units(trade.price) * to_units(trade.qty) // SCALE
+    return {
+        "id": trade.id,
+        "price": trade.price.decode(),
+        "qty": trade.qty.decode(),
+        "quoteQty": fmt(quote),
+        "time": trade.time,
+        "isBuyerMaker": trade.is_buyer_maker,
+        "isBestMatch": True,
+    }

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from devtools.simulator.market import SCALE, Market, Trade, fmt, to_units
+from devtools.simulator.market import SCALE, Market, fmt, trade_json
 
 DEFAULT_TRADES_LIMIT = 500
 MAX_TRADES_LIMIT = 1000  # Binance silently caps larger limits to this
@@ -88,20 +88,7 @@ def _trades(
             newer += 1
         recent = market.recent(limit + newer)
         trades = recent[: len(recent) - newer]
-    return [_trade_json(t) for t in trades if t.time <= cutoff_ms]
-
-
-def _trade_json(trade: Trade) -> dict[str, object]:
-    quote = to_units(trade.price) * to_units(trade.qty) // SCALE
-    return {
-        "id": trade.id,
-        "price": trade.price.decode(),
-        "qty": trade.qty.decode(),
-        "quoteQty": fmt(quote),
-        "time": trade.time,
-        "isBuyerMaker": trade.is_buyer_maker,
-        "isBestMatch": True,
-    }
+    return [trade_json(t) for t in trades if t.time <= cutoff_ms]
 
 
 def _exchange_info(
