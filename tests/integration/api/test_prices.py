@@ -472,7 +472,10 @@ async def test_range_reads_cannot_take_the_connections_of_the_latest_price_reads
             asyncio.create_task(client.get("/prices/BTCUSDT/candles", params=every))
             for _ in range(settings.database.pool_size + 3)
         ]
-        await asyncio.sleep(0.2)  # the candles requests have taken every range connection
+        # Ask for the latest price as soon as the candles reads hold every range connection
+        # (seen by the server), not after a fixed delay: on a quiet machine one of them can
+        # finish within any delay long enough for a loaded one.
+        await _until_reads_running(settings, settings.api.range_pool_size)
         latest = await client.get("/prices/BTCUSDT")
         still_busy = sum(not task.done() for task in slow)
         answers = await asyncio.gather(*slow)
@@ -480,6 +483,24 @@ async def test_range_reads_cannot_take_the_connections_of_the_latest_price_reads
     assert latest.json()["trade_id"] == SLOW_ROWS
     assert still_busy == len(slow), "the candles requests were too quick to tell"
     assert {answer.status_code for answer in answers} == {200}
+
+
+async def _until_reads_running(settings: Settings, count: int) -> None:
+    """Wait until `count` other statements on crypto_prices are running in the database."""
+    connection = await asyncpg.connect(settings.database.asyncpg_dsn)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                running = await connection.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                    " AND pid <> pg_backend_pid() AND datname = current_database()"
+                    " AND query LIKE '%crypto_prices%'"
+                )
+                if running >= count:
+                    return
+                await asyncio.sleep(0.005)
+    finally:
+        await connection.close()
 
 
 async def _generic_plan(settings: Settings, sql: str, args: str) -> str:
