@@ -73,10 +73,10 @@ Binance trades → Kafka → PostgreSQL, steered and observed over HTTP.
 * Reads are open. `POST`/`DELETE /symbols` need the `X-API-Key` header when the service runs
   with `API_KEY`; without it they are accepted only from clients on the service's host that
   talk to it directly: a loopback peer, a loopback `Host` and no proxy header (403 otherwise).
-* Range reads are bounded: candles cover a limited span per interval (422 beyond it), and a
-  read that takes longer than `api.read_timeout_ms` is cancelled (503).
   `GET /stream` and `WS /ws` need the key too when `STREAM_REQUIRES_KEY` is true (and `API_KEY`
   set).
+* Range reads are bounded: candles cover a limited span per interval (422 beyond it), and a
+  read that takes longer than `api.read_timeout_ms` is cancelled (503).
 * `GET /stream?symbols=A,B` (Server-Sent Events) and `WS /ws?symbols=A,B` push every trade as it
   reaches Kafka; the event id resumes exactly (`Last-Event-ID`, or `?after=` on the WebSocket).
 * Symbols are case-insensitive on input and upper case everywhere after (`^[A-Z0-9]{2,20}$`).
