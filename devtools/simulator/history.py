@@ -25,6 +25,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from devtools.simulator.market import SCALE, Market, Trade, fmt, to_units, trade_json
+from devtools.simulator.rest import ApiError, int_param
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -244,12 +245,6 @@ class Tape:
         return trades
 
 
-class _ApiError(Exception):
-    def __init__(self, code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.body = {"code": code, "msg": msg}
-
-
 def answer(target: str, tapes: Mapping[str, Tape]) -> Answer | None:
     """aggTrades, and historicalTrades reaching into the past; None: not for this module."""
     url = urlsplit(target)
@@ -265,36 +260,36 @@ def answer(target: str, tapes: Mapping[str, Tape]) -> Answer | None:
             return 200, [agg.json() for agg in _agg_trades(params, tape)]
         if tape is None:
             return None  # rest.py answers historicalTrades' errors
-        from_id = _int(params, "fromId")
+        from_id = int_param(params, "fromId")
         if from_id is None or from_id >= tape.market.first_id:
             return None  # the live tape: rest.py
         limit = _limit(params)
         return 200, [trade_json(t) for t in tape.trades_from(from_id, limit)]
-    except _ApiError as exc:
+    except ApiError as exc:
         return 400, exc.body
 
 
-def _unknown(symbol: str) -> _ApiError:
+def _unknown(symbol: str) -> ApiError:
     if not symbol:
-        return _ApiError(
+        return ApiError(
             -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
         )
-    return _ApiError(-1121, "Invalid symbol.")
+    return ApiError(-1121, "Invalid symbol.")
 
 
 def _agg_trades(params: Mapping[str, str], tape: Tape) -> list[Agg]:
     limit = _limit(params)
-    from_id = _int(params, "fromId")
-    start, end = _int(params, "startTime"), _int(params, "endTime")
+    from_id = int_param(params, "fromId")
+    start, end = int_param(params, "startTime"), int_param(params, "endTime")
     if from_id is not None and (start is not None or end is not None):
-        raise _ApiError(-1128, "Combination of optional parameters invalid.")
+        raise ApiError(-1128, "Combination of optional parameters invalid.")
     if from_id is not None:
         return tape.aggs(from_id - FIRST_AGG_ID, limit)
     if start is None and end is None:
         return tape.aggs(tape.agg_count - limit, limit)
     if start is not None and end is not None:
         if end - start > HOUR_MS:
-            raise _ApiError(-1127, "More than 1 hours between startTime and endTime.")
+            raise ApiError(-1127, "More than 1 hours between startTime and endTime.")
     elif start is not None:
         end = start + HOUR_MS
     else:
@@ -307,17 +302,5 @@ def _agg_trades(params: Mapping[str, str], tape: Tape) -> list[Agg]:
 
 
 def _limit(params: Mapping[str, str]) -> int:
-    limit = _int(params, "limit")
+    limit = int_param(params, "limit")
     return DEFAULT_LIMIT if limit is None else max(1, min(limit, MAX_LIMIT))
-
-
-def _int(params: Mapping[str, str], name: str) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not value.isascii() or not value.isdigit() or len(value) > 20:
-        raise _ApiError(
-            -1100,
-            f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
-        )
-    return int(value)

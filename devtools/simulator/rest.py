@@ -33,7 +33,7 @@ _ODD_TICK = 10_000  # 0.0001 in 1e-8 units
 _ODD_LOT = 10_000_000  # 0.1
 
 
-class _ApiError(Exception):
+class ApiError(Exception):
     def __init__(self, code: int, msg: str) -> None:
         super().__init__(msg)
         self.body = {"code": code, "msg": msg}
@@ -63,10 +63,10 @@ def answer(
         if url.path == "/api/v3/exchangeInfo":
             return 200, _exchange_info(params, markets, listed)
         if url.path == "/api/v3/historicalTrades":
-            return 200, _trades(params, markets, _int(params, "fromId"), rest_lag_s)
+            return 200, _trades(params, markets, int_param(params, "fromId"), rest_lag_s)
         if url.path == "/api/v3/trades":
             return 200, _trades(params, markets, None, rest_lag_s)
-    except _ApiError as exc:
+    except ApiError as exc:
         return 400, exc.body
     return None
 
@@ -77,7 +77,7 @@ def _trades(
     """historicalTrades (from_id given: oldest first from it) or the most recent trades, of
     those at least `lag_s` old."""
     market = _market(params.get("symbol", ""), markets)
-    limit = _int(params, "limit")
+    limit = int_param(params, "limit")
     limit = DEFAULT_TRADES_LIMIT if limit is None else max(1, min(limit, MAX_TRADES_LIMIT))
     cutoff_ms = time.time_ns() // 1_000_000 - int(lag_s * 1000)
     if from_id is not None:
@@ -95,7 +95,7 @@ def _exchange_info(
     params: Mapping[str, str], markets: Mapping[str, Market], listed: Mapping[str, str]
 ) -> dict[str, object]:
     if "symbol" in params and "symbols" in params:
-        raise _ApiError(-1128, "Combination of optional parameters invalid.")
+        raise ApiError(-1128, "Combination of optional parameters invalid.")
     if "symbol" in params:
         selected = [_listed(params["symbol"], listed)]
     elif "symbols" in params:
@@ -104,7 +104,7 @@ def _exchange_info(
         except orjson.JSONDecodeError:
             names = None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise _ApiError(-1100, "Illegal characters found in parameter 'symbols'.")
+            raise ApiError(-1100, "Illegal characters found in parameter 'symbols'.")
         selected = [_listed(name, listed) for name in names]
     else:
         selected = list(listed)
@@ -119,11 +119,11 @@ def _exchange_info(
 
 def _listed(symbol: str, listed: Mapping[str, str]) -> str:
     if not symbol:
-        raise _ApiError(
+        raise ApiError(
             -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
         )
     if symbol not in listed:  # case-sensitive, like Binance
-        raise _ApiError(-1121, "Invalid symbol.")
+        raise ApiError(-1121, "Invalid symbol.")
     return symbol
 
 
@@ -167,21 +167,21 @@ def _symbol_info(name: str, status: str, market: Market | None) -> dict[str, obj
 
 def _market(symbol: str, markets: Mapping[str, Market]) -> Market:
     if not symbol:
-        raise _ApiError(
+        raise ApiError(
             -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
         )
     market = markets.get(symbol)  # case-sensitive, like Binance
     if market is None:
-        raise _ApiError(-1121, "Invalid symbol.")
+        raise ApiError(-1121, "Invalid symbol.")
     return market
 
 
-def _int(params: Mapping[str, str], name: str) -> int | None:
+def int_param(params: Mapping[str, str], name: str) -> int | None:
     value = params.get(name)
     if value is None:
         return None
     if not value.isascii() or not value.isdigit() or len(value) > 20:
-        raise _ApiError(
+        raise ApiError(
             -1100,
             f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
         )
